@@ -1,0 +1,179 @@
+//! The `alldocs.v1.Coordinator` gRPC API: progress, partitions, failures, retries.
+
+use std::{sync::Arc, time::Duration};
+
+use alldocs_proto::v1::{
+    coordinator_server::Coordinator, GetProgressRequest, ListFailuresRequest, ListFailuresResponse,
+    ListPartitionsRequest, ListPartitionsResponse, Progress, RetryFailedRequest,
+    RetryFailedResponse, RunState, WatchProgressRequest,
+};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    checkpoint::{Checkpoint, CheckpointError, Counts},
+    lease::{state_of, Stats},
+};
+
+/// Serves progress from the checkpoint and the scheduler's live figures.
+#[derive(Clone)]
+pub struct CoordinatorService {
+    pub checkpoint: Checkpoint,
+    pub stats: Arc<Stats>,
+    pub wake: Arc<Notify>,
+    pub state: watch::Receiver<RunState>,
+}
+
+fn internal(e: CheckpointError) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// Builds a `Progress` from exact counts, the run state and this process's rates.
+pub fn progress_of(counts: &Counts, state: RunState, stats: &Stats) -> Progress {
+    // While running: rates over the recent past. Once done: the average over the run.
+    let rates = if state == RunState::Done {
+        let secs = stats.elapsed().as_secs_f64().max(1e-3);
+        let per = |n: u64| n as f64 / secs;
+        crate::lease::Rates {
+            packuments_per_second: per(stats.fetched.load(std::sync::atomic::Ordering::Relaxed)),
+            rows_per_second: per(stats.rows.load(std::sync::atomic::Ordering::Relaxed)),
+            bytes_per_second: per(stats.bytes.load(std::sync::atomic::Ordering::Relaxed)),
+        }
+    } else {
+        stats.rates()
+    };
+    let remaining = counts.packuments_pending + counts.packuments_leased;
+    let eta_seconds = if state == RunState::Done {
+        0
+    } else if rates.packuments_per_second > 0.0
+        && counts.partitions_pending + counts.partitions_leased == 0
+    {
+        (remaining as f64 / rates.packuments_per_second).ceil() as i64
+    } else {
+        -1
+    };
+    Progress {
+        state: state as i32,
+        partitions_total: counts.partitions_total,
+        partitions_done: counts.partitions_done,
+        partitions_failed: counts.partitions_failed,
+        rows_indexed: counts.rows_indexed,
+        packuments_total: counts.packuments_total,
+        packuments_done: counts.packuments_done,
+        packuments_missing: counts.packuments_missing,
+        packuments_failed: counts.packuments_failed,
+        bytes_stored: counts.bytes_stored,
+        packuments_pending: remaining,
+        leases_in_flight: stats.in_flight.load(std::sync::atomic::Ordering::Relaxed) as u64,
+        packuments_per_second: rates.packuments_per_second,
+        rows_per_second: rates.rows_per_second,
+        bytes_per_second: rates.bytes_per_second,
+        eta_seconds,
+        elapsed_ms: stats.elapsed().as_millis() as u64,
+        packuments_fetched_this_run: stats.fetched.load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
+impl CoordinatorService {
+    /// The current progress.
+    pub async fn progress(&self) -> Result<Progress, CheckpointError> {
+        let counts = self.checkpoint.call(|db| db.counts()).await?;
+        let state = match *self.state.borrow() {
+            RunState::Done => RunState::Done,
+            RunState::Planning | RunState::Unspecified => RunState::Planning,
+            _ => state_of(&counts),
+        };
+        Ok(progress_of(&counts, state, &self.stats))
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn get_progress(
+        &self,
+        _: Request<GetProgressRequest>,
+    ) -> Result<Response<Progress>, Status> {
+        self.progress().await.map(Response::new).map_err(internal)
+    }
+
+    type WatchProgressStream = ReceiverStream<Result<Progress, Status>>;
+
+    async fn watch_progress(
+        &self,
+        request: Request<WatchProgressRequest>,
+    ) -> Result<Response<Self::WatchProgressStream>, Status> {
+        let interval = match request.into_inner().interval_ms {
+            0 => Duration::from_secs(1),
+            ms => Duration::from_millis(u64::from(ms).max(50)),
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut state = this.state.clone();
+            loop {
+                let progress = match this.progress().await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(internal(e))).await;
+                        return;
+                    }
+                };
+                let done = progress.state == RunState::Done as i32;
+                if tx.send(Ok(progress)).await.is_err() || done {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = state.changed() => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn list_partitions(
+        &self,
+        _: Request<ListPartitionsRequest>,
+    ) -> Result<Response<ListPartitionsResponse>, Status> {
+        let partitions = self
+            .checkpoint
+            .call(|db| db.list_partitions())
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(ListPartitionsResponse { partitions }))
+    }
+
+    async fn list_failures(
+        &self,
+        request: Request<ListFailuresRequest>,
+    ) -> Result<Response<ListFailuresResponse>, Status> {
+        let limit = request.into_inner().limit;
+        let (failures, total) = self
+            .checkpoint
+            .call(move |db| db.list_failures(limit))
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(ListFailuresResponse { failures, total }))
+    }
+
+    async fn retry_failed(
+        &self,
+        request: Request<RetryFailedRequest>,
+    ) -> Result<Response<RetryFailedResponse>, Status> {
+        let names = request.into_inner().names;
+        let (partitions, packuments) = self
+            .checkpoint
+            .call(move |db| db.retry_failed(&names))
+            .await
+            .map_err(internal)?;
+        if partitions + packuments > 0 {
+            self.wake.notify_one();
+        }
+        Ok(Response::new(RetryFailedResponse {
+            partitions,
+            packuments,
+        }))
+    }
+}

@@ -1,0 +1,760 @@
+//! The SQLite checkpoint: the only state that must survive. One connection on one thread;
+//! work arrives as closures through a channel and each drained batch is one transaction.
+
+use std::{
+    path::Path,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use alldocs_proto::v1::{fetch_event::Event, Failure, Partition as PartitionInfo};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use crate::plan::Partition;
+
+/// Why the checkpoint could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot open the checkpoint {path}: {source}; check the path and its permissions, or choose another --db")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("the checkpoint {path} was made with {key} `{recorded}`, but this run has `{given}`.\nUse the same options to carry on with it, or pass a new --db for a new snapshot.")]
+    ConfigMismatch {
+        path: String,
+        key: String,
+        recorded: String,
+        given: String,
+    },
+    #[error("checkpoint: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("the checkpoint thread has stopped")]
+    Closed,
+}
+
+/// The settings a checkpoint belongs to: a run with other values would mix snapshots.
+#[derive(Clone, Debug)]
+pub struct RunIdentity {
+    pub replicate_origin: String,
+    pub registry: String,
+    pub store: String,
+    pub pivots: Vec<String>,
+    pub accept: String,
+}
+
+impl RunIdentity {
+    fn entries(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("--replicate-origin", self.replicate_origin.clone()),
+            ("--registry", self.registry.clone()),
+            ("--store", self.store.clone()),
+            ("--pivots", self.pivots.join(",")),
+            ("--accept", self.accept.clone()),
+        ]
+    }
+}
+
+/// Counts behind `Progress`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub partitions_total: u64,
+    pub partitions_done: u64,
+    pub partitions_failed: u64,
+    pub partitions_pending: u64,
+    pub partitions_leased: u64,
+    pub rows_indexed: u64,
+    pub packuments_total: u64,
+    pub packuments_done: u64,
+    pub packuments_missing: u64,
+    pub packuments_failed: u64,
+    pub packuments_pending: u64,
+    pub packuments_leased: u64,
+    pub bytes_stored: u64,
+}
+
+impl Counts {
+    /// Nothing pending or leased, and no pending packument that could still be leased.
+    pub fn is_done(&self) -> bool {
+        self.partitions_pending == 0
+            && self.partitions_leased == 0
+            && self.packuments_pending == 0
+            && self.packuments_leased == 0
+    }
+}
+
+/// How opening went.
+#[derive(Clone, Copy, Debug)]
+pub struct Opened {
+    pub run: i64,
+    pub resumed: bool,
+}
+
+/// What the coordinator tells a fetcher to do.
+#[derive(Clone, Debug)]
+pub enum Work {
+    Index(Partition),
+    Packuments(Vec<(String, String)>),
+}
+
+/// The database and the run it serves; lives on the checkpoint thread.
+pub struct Db {
+    conn: Connection,
+    run: i64,
+    max_attempts: u32,
+    cached: Option<(Instant, Duration, Counts)>,
+}
+
+type Reply = Box<dyn FnOnce() + Send>;
+type Job = Box<dyn FnOnce(&mut Db) -> Reply + Send>;
+
+/// A handle to the checkpoint thread.
+#[derive(Clone)]
+pub struct Checkpoint {
+    tx: mpsc::Sender<Job>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS partitions (
+    name TEXT PRIMARY KEY,
+    ord INTEGER NOT NULL,
+    start_key TEXT,
+    end_key TEXT,
+    status TEXT NOT NULL DEFAULT 'pending',
+    rows INTEGER NOT NULL DEFAULT 0,
+    uri TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    lease_token INTEGER
+);
+CREATE TABLE IF NOT EXISTS packages (
+    name TEXT PRIMARY KEY,
+    partition TEXT NOT NULL,
+    indexed_rev TEXT NOT NULL,
+    stored_rev TEXT,
+    doc_rev TEXT,
+    status TEXT NOT NULL,
+    uri TEXT,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    lease_token INTEGER,
+    seen_run INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS packages_by_status ON packages(status, partition);
+CREATE INDEX IF NOT EXISTS packages_by_run ON packages(seen_run);
+CREATE TABLE IF NOT EXISTS leases (
+    token INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    items INTEGER NOT NULL,
+    fetcher TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    outcome TEXT
+);
+";
+
+impl Checkpoint {
+    /// Opens or creates the checkpoint at `path`, refuses one made with other settings,
+    /// and starts or resumes a run. Nothing is written if the settings do not match.
+    pub fn open(
+        path: &Path,
+        identity: &RunIdentity,
+        plan: &[Partition],
+        max_attempts: u32,
+    ) -> Result<(Self, Opened), CheckpointError> {
+        let shown = path.display().to_string();
+        let open_err = |source| CheckpointError::Open {
+            path: shown.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                return Err(open_err(rusqlite::Error::InvalidPath(parent.to_path_buf())));
+            }
+        }
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        let mut db = Db {
+            conn,
+            run: 0,
+            max_attempts: max_attempts.max(1),
+            cached: None,
+        };
+        let opened = db.start(&shown, identity, plan)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || db.serve(rx))
+            .expect("spawning the checkpoint thread");
+        Ok((Self { tx }, opened))
+    }
+
+    /// Runs `f` on the checkpoint thread inside the current batch's transaction (in its own
+    /// savepoint) and returns its result once the batch is committed.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, CheckpointError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Db) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let job: Job = Box::new(move |db: &mut Db| {
+            let result = db.in_savepoint(f);
+            Box::new(move || {
+                let _ = reply_tx.send(result);
+            })
+        });
+        self.tx.send(job).map_err(|_| CheckpointError::Closed)?;
+        reply_rx
+            .await
+            .map_err(|_| CheckpointError::Closed)?
+            .map_err(CheckpointError::Sql)
+    }
+}
+
+impl Db {
+    fn serve(mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < 2048 {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+                tracing::error!(error = %e, "checkpoint: cannot begin a transaction");
+            }
+            let replies: Vec<Reply> = jobs.into_iter().map(|job| job(&mut self)).collect();
+            if let Err(e) = self.conn.execute_batch("COMMIT") {
+                tracing::error!(error = %e, "checkpoint: commit failed");
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            for reply in replies {
+                reply();
+            }
+        }
+    }
+
+    fn in_savepoint<T>(
+        &mut self,
+        f: impl FnOnce(&mut Db) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.conn.execute_batch("SAVEPOINT job")?;
+        let result = f(self);
+        match &result {
+            Ok(_) => self.conn.execute_batch("RELEASE job")?,
+            Err(_) => self.conn.execute_batch("ROLLBACK TO job; RELEASE job")?,
+        }
+        result
+    }
+
+    fn meta(&self, key: &str) -> rusqlite::Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+    }
+
+    fn set_meta(&self, key: &str, value: &str) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    fn start(
+        &mut self,
+        path: &str,
+        identity: &RunIdentity,
+        plan: &[Partition],
+    ) -> Result<Opened, CheckpointError> {
+        for (key, given) in identity.entries() {
+            if let Some(recorded) = self.meta(key)? {
+                if recorded != given {
+                    return Err(CheckpointError::ConfigMismatch {
+                        path: path.to_string(),
+                        key: key.to_string(),
+                        recorded,
+                        given,
+                    });
+                }
+            }
+        }
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| -> rusqlite::Result<Opened> {
+            for (key, given) in identity.entries() {
+                self.set_meta(key, &given)?;
+            }
+            {
+                let mut insert = self.conn.prepare(
+                    "INSERT OR IGNORE INTO partitions (name, ord, start_key, end_key) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for (ord, p) in plan.iter().enumerate() {
+                    insert.execute(params![p.name, ord as i64, p.start, p.end])?;
+                }
+            }
+            let run: i64 = self.meta("run")?.and_then(|r| r.parse().ok()).unwrap_or(0);
+            let complete = self.meta("run_complete")?.as_deref() == Some("1");
+            let opened = if run == 0 || complete {
+                // A new run re-indexes everything; packuments are fetched again only if
+                // their revision changed, or they failed.
+                let run = run + 1;
+                self.conn.execute_batch(
+                    "UPDATE partitions SET status = 'pending', rows = 0, uri = NULL, attempts = 0,
+                         last_error = NULL, lease_token = NULL;
+                     UPDATE packages SET status = 'pending', attempts = 0, last_error = NULL, lease_token = NULL
+                         WHERE status IN ('failed', 'leased');",
+                )?;
+                self.set_meta("run", &run.to_string())?;
+                self.set_meta("run_complete", "0")?;
+                Opened {
+                    run,
+                    resumed: false,
+                }
+            } else {
+                // Carrying on after a stop or a crash: leases in flight then are void.
+                self.conn.execute_batch(
+                    "UPDATE partitions SET status = 'pending', lease_token = NULL WHERE status = 'leased';
+                     UPDATE packages SET status = 'pending', lease_token = NULL WHERE status = 'leased';",
+                )?;
+                Opened { run, resumed: true }
+            };
+            self.conn.execute(
+                "UPDATE leases SET ended_ms = ?1, outcome = 'abandoned: coordinator restarted' WHERE ended_ms IS NULL",
+                [now_ms()],
+            )?;
+            Ok(opened)
+        })();
+        match result {
+            Ok(opened) => {
+                self.conn.execute_batch("COMMIT")?;
+                self.run = opened.run;
+                Ok(opened)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The fencing token for a new lease: strictly increasing for the checkpoint's life.
+    pub fn next_token(&self) -> rusqlite::Result<i64> {
+        let token: i64 = self
+            .meta("lease_token")?
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0)
+            + 1;
+        self.set_meta("lease_token", &token.to_string())?;
+        Ok(token)
+    }
+
+    /// Leases the first pending partition, if any.
+    pub fn lease_partition(&mut self, token: i64) -> rusqlite::Result<Option<Partition>> {
+        let part = self
+            .conn
+            .query_row(
+                "SELECT name, start_key, end_key FROM partitions WHERE status = 'pending' ORDER BY ord LIMIT 1",
+                [],
+                |r| {
+                    Ok(Partition {
+                        name: r.get(0)?,
+                        start: r.get(1)?,
+                        end: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?;
+        if let Some(p) = &part {
+            self.conn.execute(
+                "UPDATE partitions SET status = 'leased', lease_token = ?1 WHERE name = ?2",
+                params![token, p.name],
+            )?;
+            self.cached = None;
+        }
+        Ok(part)
+    }
+
+    /// Leases up to `max` pending packuments of partitions whose index is finished.
+    pub fn lease_packuments(
+        &mut self,
+        token: i64,
+        max: usize,
+    ) -> rusqlite::Result<Vec<(String, String)>> {
+        let items: Vec<(String, String)> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT name, indexed_rev FROM packages
+                 WHERE status = 'pending'
+                   AND partition IN (SELECT name FROM partitions WHERE status IN ('done', 'failed'))
+                 ORDER BY partition, name LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut update = self.conn.prepare_cached(
+            "UPDATE packages SET status = 'leased', lease_token = ?1 WHERE name = ?2",
+        )?;
+        for (name, _) in &items {
+            update.execute(params![token, name])?;
+        }
+        drop(update);
+        if !items.is_empty() {
+            self.cached = None;
+        }
+        Ok(items)
+    }
+
+    /// Records a lease being handed out.
+    pub fn record_lease(
+        &self,
+        token: i64,
+        work: &Work,
+        fetcher: &str,
+        deadline_ms: i64,
+    ) -> rusqlite::Result<()> {
+        let (kind, items) = match work {
+            Work::Index(_) => ("index", 1),
+            Work::Packuments(items) => ("packuments", items.len()),
+        };
+        self.conn.execute(
+            "INSERT INTO leases (token, kind, items, fetcher, started_ms, deadline_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![token, kind, items as i64, fetcher, now_ms(), deadline_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Applies a lease's events; those of a superseded lease (another token now holds the
+    /// item) change nothing. Returns how many packuments this batch stored.
+    pub fn apply(&mut self, token: i64, events: &[Event]) -> rusqlite::Result<u64> {
+        let mut stored = 0;
+        for event in events {
+            match event {
+                Event::IndexRows(rows) => {
+                    if !self.holds_partition(token, &rows.partition)? {
+                        continue;
+                    }
+                    for row in &rows.rows {
+                        self.upsert_package(&rows.partition, &row.id, &row.rev)?;
+                    }
+                }
+                Event::IndexDone(done) => {
+                    if !self.holds_partition(token, &done.partition)? {
+                        continue;
+                    }
+                    self.conn.execute(
+                        "UPDATE partitions SET status = 'done', rows = ?1, uri = ?2, last_error = NULL, lease_token = NULL
+                         WHERE name = ?3",
+                        params![done.rows as i64, done.uri, done.partition],
+                    )?;
+                    // Names that were in this partition before but not in this run's index
+                    // have left the registry.
+                    self.conn.execute(
+                        "UPDATE packages SET status = 'removed', lease_token = NULL
+                         WHERE partition = ?1 AND seen_run < ?2 AND status != 'removed'",
+                        params![done.partition, self.run],
+                    )?;
+                }
+                Event::Stored(s) => {
+                    stored += self.conn.execute(
+                        "UPDATE packages SET status = 'stored', stored_rev = ?1, doc_rev = ?2, uri = ?3, bytes = ?4,
+                             last_error = NULL, lease_token = NULL
+                         WHERE name = ?5 AND lease_token = ?6 AND status = 'leased'",
+                        params![s.rev, s.doc_rev, s.uri, s.bytes as i64, s.name, token],
+                    )? as u64;
+                }
+                Event::Missing(m) => {
+                    self.conn.execute(
+                        "UPDATE packages SET status = 'missing', stored_rev = indexed_rev, uri = NULL, bytes = 0,
+                             last_error = ?1, lease_token = NULL
+                         WHERE name = ?2 AND lease_token = ?3 AND status = 'leased'",
+                        params![format!("HTTP {}", m.http_status), m.name, token],
+                    )?;
+                }
+                Event::Failed(f) if f.name.is_empty() => {
+                    self.fail_partition(token, &f.reason, f.retryable)?;
+                }
+                Event::Failed(f) => {
+                    let attempts_left = if f.retryable {
+                        self.max_attempts as i64
+                    } else {
+                        0
+                    };
+                    self.conn.execute(
+                        "UPDATE packages SET attempts = attempts + 1, last_error = ?1, lease_token = NULL,
+                             status = CASE WHEN attempts + 1 >= ?2 THEN 'failed' ELSE 'pending' END
+                         WHERE name = ?3 AND lease_token = ?4 AND status = 'leased'",
+                        params![f.reason, attempts_left, f.name, token],
+                    )?;
+                }
+                Event::Summary(_) => {}
+            }
+        }
+        self.cached = None;
+        Ok(stored)
+    }
+
+    fn holds_partition(&self, token: i64, partition: &str) -> rusqlite::Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM partitions WHERE name = ?1 AND lease_token = ?2 AND status = 'leased'",
+                params![partition, token],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    fn fail_partition(&self, token: i64, reason: &str, retryable: bool) -> rusqlite::Result<()> {
+        let attempts_left = if retryable {
+            self.max_attempts as i64
+        } else {
+            0
+        };
+        self.conn.execute(
+            "UPDATE partitions SET attempts = attempts + 1, last_error = ?1, lease_token = NULL,
+                 status = CASE WHEN attempts + 1 >= ?2 THEN 'failed' ELSE 'pending' END
+             WHERE lease_token = ?3 AND status = 'leased'",
+            params![reason, attempts_left, token],
+        )?;
+        Ok(())
+    }
+
+    fn upsert_package(&self, partition: &str, name: &str, rev: &str) -> rusqlite::Result<()> {
+        let existing: Option<(String, Option<String>)> = self
+            .conn
+            .prepare_cached("SELECT status, stored_rev FROM packages WHERE name = ?1")?
+            .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match existing {
+            None => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO packages (name, partition, indexed_rev, status, seen_run) VALUES (?1, ?2, ?3, 'pending', ?4)",
+                    )?
+                    .execute(params![name, partition, rev, self.run])?;
+            }
+            Some((status, stored_rev)) => {
+                let unchanged = stored_rev.as_deref() == Some(rev);
+                let status = match status.as_str() {
+                    "stored" | "missing" if unchanged => status,
+                    "leased" | "failed" | "pending" => status,
+                    _ => "pending".to_string(),
+                };
+                self.conn
+                    .prepare_cached(
+                        "UPDATE packages SET partition = ?1, indexed_rev = ?2, status = ?3, seen_run = ?4 WHERE name = ?5",
+                    )?
+                    .execute(params![partition, rev, status, self.run, name])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a lease: whatever it still holds returns to pending with the attempt counted
+    /// (or fails, past the limit). Returns how many items went back.
+    pub fn end_lease(&mut self, token: i64, outcome: &str) -> rusqlite::Result<u64> {
+        let max = self.max_attempts as i64;
+        let parts = self.conn.execute(
+            "UPDATE partitions SET attempts = attempts + 1, last_error = ?1, lease_token = NULL,
+                 status = CASE WHEN attempts + 1 >= ?2 THEN 'failed' ELSE 'pending' END
+             WHERE lease_token = ?3 AND status = 'leased'",
+            params![outcome, max, token],
+        )?;
+        let pkgs = self.conn.execute(
+            "UPDATE packages SET attempts = attempts + 1, last_error = ?1, lease_token = NULL,
+                 status = CASE WHEN attempts + 1 >= ?2 THEN 'failed' ELSE 'pending' END
+             WHERE lease_token = ?3 AND status = 'leased'",
+            params![outcome, max, token],
+        )?;
+        self.conn.execute(
+            "UPDATE leases SET ended_ms = ?1, outcome = ?2 WHERE token = ?3",
+            params![now_ms(), outcome, token],
+        )?;
+        self.cached = None;
+        Ok((parts + pkgs) as u64)
+    }
+
+    /// Whether anything is pending or leased (exact, and cheap on a large checkpoint).
+    pub fn has_open_work(&self) -> rusqlite::Result<bool> {
+        self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM partitions WHERE status IN ('pending', 'leased'))
+                 OR EXISTS (SELECT 1 FROM packages WHERE status IN ('pending', 'leased'))",
+            [],
+            |r| r.get(0),
+        )
+    }
+
+    /// Marks the run finished (so the next start is a new, incremental run) or not.
+    pub fn set_run_complete(&self, complete: bool) -> rusqlite::Result<()> {
+        self.set_meta("run_complete", if complete { "1" } else { "0" })
+    }
+
+    /// Exact counts; recomputed at most every second (less often on a huge checkpoint).
+    pub fn counts(&mut self) -> rusqlite::Result<Counts> {
+        if let Some((at, cost, counts)) = self.cached {
+            if at.elapsed() < cost.saturating_mul(10).max(Duration::from_millis(250)) {
+                return Ok(counts);
+            }
+        }
+        self.counts_now()
+    }
+
+    /// Exact counts, computed now.
+    pub fn counts_now(&mut self) -> rusqlite::Result<Counts> {
+        let started = Instant::now();
+        let mut c = Counts::default();
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT status, COUNT(*) FROM partitions GROUP BY status")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let (status, n): (String, i64) = (r.get(0)?, r.get(1)?);
+                let n = n as u64;
+                c.partitions_total += n;
+                match status.as_str() {
+                    "done" => c.partitions_done = n,
+                    "failed" => c.partitions_failed = n,
+                    "leased" => c.partitions_leased = n,
+                    _ => c.partitions_pending += n,
+                }
+            }
+        }
+        {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT status, COUNT(*), COALESCE(SUM(bytes), 0) FROM packages WHERE status != 'removed' GROUP BY status",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let (status, n, bytes): (String, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                let n = n as u64;
+                c.packuments_total += n;
+                match status.as_str() {
+                    "stored" => {
+                        c.packuments_done = n;
+                        c.bytes_stored = bytes as u64;
+                    }
+                    "missing" => c.packuments_missing = n,
+                    "failed" => c.packuments_failed = n,
+                    "leased" => c.packuments_leased = n,
+                    _ => c.packuments_pending += n,
+                }
+            }
+        }
+        c.rows_indexed = self.conn.query_row(
+            "SELECT COUNT(*) FROM packages WHERE seen_run = ?1",
+            [self.run],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
+        self.cached = Some((Instant::now(), started.elapsed(), c));
+        Ok(c)
+    }
+
+    pub fn list_partitions(&self) -> rusqlite::Result<Vec<PartitionInfo>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT p.name, p.start_key, p.end_key, p.status, p.rows, COALESCE(p.uri, ''), p.attempts,
+                    COALESCE(p.last_error, ''),
+                    (SELECT COUNT(*) FROM packages k WHERE k.partition = p.name AND k.status != 'removed'),
+                    (SELECT COUNT(*) FROM packages k WHERE k.partition = p.name AND k.status = 'stored')
+             FROM partitions p ORDER BY p.ord",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PartitionInfo {
+                name: r.get(0)?,
+                start: r.get(1)?,
+                end: r.get(2)?,
+                status: r.get(3)?,
+                rows: r.get::<_, i64>(4)? as u64,
+                uri: r.get(5)?,
+                attempts: r.get::<_, i64>(6)? as u32,
+                last_error: r.get(7)?,
+                packuments_total: r.get::<_, i64>(8)? as u64,
+                packuments_done: r.get::<_, i64>(9)? as u64,
+            })
+        })?;
+        rows.collect()
+    }
+
+    pub fn list_failures(&self, limit: u32) -> rusqlite::Result<(Vec<Failure>, u64)> {
+        let limit = if limit == 0 {
+            i64::MAX
+        } else {
+            i64::from(limit)
+        };
+        let mut stmt = self.conn.prepare(
+            "SELECT 'partition', name, COALESCE(last_error, ''), attempts FROM partitions WHERE status = 'failed'
+             UNION ALL
+             SELECT 'packument', name, COALESCE(last_error, ''), attempts FROM packages WHERE status = 'failed'
+             ORDER BY 1 DESC, 2 LIMIT ?1",
+        )?;
+        let failures = stmt
+            .query_map([limit], |r| {
+                Ok(Failure {
+                    kind: r.get(0)?,
+                    name: r.get(1)?,
+                    reason: r.get(2)?,
+                    attempts: r.get::<_, i64>(3)? as u32,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let total: i64 = self.conn.query_row(
+            "SELECT (SELECT COUNT(*) FROM partitions WHERE status = 'failed')
+                  + (SELECT COUNT(*) FROM packages WHERE status = 'failed')",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok((failures, total as u64))
+    }
+
+    /// Returns failed items (all, or those named) to pending with fresh attempts.
+    pub fn retry_failed(&mut self, names: &[String]) -> rusqlite::Result<(u64, u64)> {
+        let (parts, pkgs) = if names.is_empty() {
+            (
+                self.conn.execute(
+                    "UPDATE partitions SET status = 'pending', attempts = 0 WHERE status = 'failed'",
+                    [],
+                )?,
+                self.conn.execute(
+                    "UPDATE packages SET status = 'pending', attempts = 0 WHERE status = 'failed'",
+                    [],
+                )?,
+            )
+        } else {
+            let (mut parts, mut pkgs) = (0, 0);
+            for name in names {
+                parts += self.conn.execute(
+                    "UPDATE partitions SET status = 'pending', attempts = 0 WHERE status = 'failed' AND name = ?1",
+                    [name],
+                )?;
+                pkgs += self.conn.execute(
+                    "UPDATE packages SET status = 'pending', attempts = 0 WHERE status = 'failed' AND name = ?1",
+                    [name],
+                )?;
+            }
+            (parts, pkgs)
+        };
+        if parts + pkgs > 0 {
+            self.set_run_complete(false)?;
+        }
+        self.cached = None;
+        Ok((parts as u64, pkgs as u64))
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}

@@ -1,0 +1,196 @@
+//! What a person sees while a job runs: progress bars on a terminal, a progress line
+//! every few seconds otherwise, and a summary at the end.
+
+use std::{io::IsTerminal, time::Duration};
+
+use alldocs_proto::v1::{Progress, RunState};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::api::CoordinatorService;
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// Bars on a terminal, lines otherwise.
+    #[default]
+    Auto,
+    Bars,
+    Lines,
+    None,
+}
+
+/// Shows progress until the task is aborted.
+pub async fn show(service: CoordinatorService, mode: ProgressMode, every: Duration) {
+    let bars = match mode {
+        ProgressMode::Auto => std::io::stderr().is_terminal(),
+        ProgressMode::Bars => true,
+        ProgressMode::Lines => false,
+        ProgressMode::None => return,
+    };
+    if bars {
+        show_bars(service).await
+    } else {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Ok(p) = service.progress().await {
+                tracing::info!(
+                    state = state_name(p.state),
+                    partitions = format!("{}/{}", p.partitions_done, p.partitions_total),
+                    rows = p.rows_indexed,
+                    packuments = format!(
+                        "{}/{}",
+                        p.packuments_done + p.packuments_missing + p.packuments_failed,
+                        p.packuments_total
+                    ),
+                    failed = p.packuments_failed + p.partitions_failed,
+                    per_second = format!("{:.1}", p.packuments_per_second),
+                    eta = eta(p.eta_seconds),
+                    "progress"
+                );
+            }
+        }
+    }
+}
+
+async fn show_bars(service: CoordinatorService) {
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("{prefix:>11} [{bar:40}] {pos}/{len} {msg}")
+        .expect("valid template")
+        .progress_chars("=> ");
+    let parts = multi.add(
+        ProgressBar::new(0)
+            .with_style(style.clone())
+            .with_prefix("partitions"),
+    );
+    let docs = multi.add(
+        ProgressBar::new(0)
+            .with_style(style)
+            .with_prefix("packuments"),
+    );
+    loop {
+        if let Ok(p) = service.progress().await {
+            parts.set_length(p.partitions_total);
+            parts.set_position(p.partitions_done + p.partitions_failed);
+            parts.set_message(format!(
+                "{} rows indexed, {:.0} rows/s",
+                p.rows_indexed, p.rows_per_second
+            ));
+            docs.set_length(p.packuments_total);
+            docs.set_position(p.packuments_done + p.packuments_missing + p.packuments_failed);
+            docs.set_message(format!(
+                "{:.1}/s, {}/s, ETA {}, {} failed",
+                p.packuments_per_second,
+                human_bytes(p.bytes_per_second as u64),
+                eta(p.eta_seconds),
+                p.packuments_failed
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub fn state_name(state: i32) -> &'static str {
+    match RunState::try_from(state).unwrap_or(RunState::Unspecified) {
+        RunState::Unspecified => "unknown",
+        RunState::Planning => "planning",
+        RunState::Indexing => "indexing",
+        RunState::Fetching => "fetching",
+        RunState::Done => "done",
+    }
+}
+
+pub fn eta(seconds: i64) -> String {
+    if seconds < 0 {
+        "unknown".into()
+    } else {
+        humantime::format_duration(Duration::from_secs(seconds as u64)).to_string()
+    }
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The human table of `coordinator status` and the end-of-run summary.
+pub fn table(p: &Progress) -> String {
+    let rows = [
+        ("state", state_name(p.state).to_string()),
+        (
+            "partitions",
+            format!(
+                "{} done, {} failed, of {}",
+                p.partitions_done, p.partitions_failed, p.partitions_total
+            ),
+        ),
+        ("rows indexed", p.rows_indexed.to_string()),
+        (
+            "packuments",
+            format!(
+                "{} stored, {} missing (404), {} failed, {} to go, of {}",
+                p.packuments_done,
+                p.packuments_missing,
+                p.packuments_failed,
+                p.packuments_pending,
+                p.packuments_total
+            ),
+        ),
+        (
+            "fetched now",
+            format!("{} this run", p.packuments_fetched_this_run),
+        ),
+        ("bytes stored", human_bytes(p.bytes_stored)),
+        (
+            "rate",
+            format!(
+                "{:.1} packuments/s, {:.0} rows/s, {}/s",
+                p.packuments_per_second,
+                p.rows_per_second,
+                human_bytes(p.bytes_per_second as u64)
+            ),
+        ),
+        ("leases", format!("{} in flight", p.leases_in_flight)),
+        (
+            "elapsed",
+            humantime::format_duration(Duration::from_secs(p.elapsed_ms / 1000)).to_string(),
+        ),
+        ("eta", eta(p.eta_seconds)),
+    ];
+    rows.iter()
+        .map(|(k, v)| format!("{k:>13}  {v}\n"))
+        .collect()
+}
+
+/// `Progress` as JSON with the proto's field names.
+pub fn to_json(p: &Progress) -> serde_json::Value {
+    serde_json::json!({
+        "state": RunState::try_from(p.state).unwrap_or(RunState::Unspecified).as_str_name(),
+        "partitions_total": p.partitions_total,
+        "partitions_done": p.partitions_done,
+        "partitions_failed": p.partitions_failed,
+        "rows_indexed": p.rows_indexed,
+        "packuments_total": p.packuments_total,
+        "packuments_done": p.packuments_done,
+        "packuments_missing": p.packuments_missing,
+        "packuments_failed": p.packuments_failed,
+        "packuments_pending": p.packuments_pending,
+        "bytes_stored": p.bytes_stored,
+        "leases_in_flight": p.leases_in_flight,
+        "packuments_per_second": p.packuments_per_second,
+        "rows_per_second": p.rows_per_second,
+        "bytes_per_second": p.bytes_per_second,
+        "eta_seconds": p.eta_seconds,
+        "elapsed_ms": p.elapsed_ms,
+        "packuments_fetched_this_run": p.packuments_fetched_this_run,
+    })
+}

@@ -1,0 +1,386 @@
+//! Leasing: hands partitions and packument batches to fetchers, commits their events as
+//! they arrive, fences superseded attempts, and returns unfinished work to pending.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use alldocs_proto::v1::{
+    fetch_event::Event, lease::Work as LeaseWork, Accept, IndexWork, Lease, PackumentRequest,
+    PackumentWork, RunState,
+};
+use futures::{FutureExt, StreamExt};
+use tokio::{sync::Notify, task::JoinSet};
+
+use crate::{
+    checkpoint::{now_ms, Checkpoint, CheckpointError, Counts, Work},
+    fetchers::FetcherHandle,
+};
+
+/// How leases are cut and paced.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub replicate_origin: String,
+    pub registry: String,
+    pub store: String,
+    pub accept: Accept,
+    pub page_size: u32,
+    pub lease_size: usize,
+    pub lease_duration: Duration,
+    pub max_in_flight: usize,
+    pub concurrency: u32,
+    /// Requests per second to the origins, all leases together (0 = unlimited).
+    pub rate_limit: f64,
+    pub max_retries: u32,
+    pub retry_base_ms: u32,
+}
+
+/// Live figures of this process, for rates and the end-of-run summary.
+#[derive(Default)]
+pub struct Stats {
+    pub started: Mutex<Option<Instant>>,
+    pub fetched: AtomicU64,
+    pub rows: AtomicU64,
+    pub bytes: AtomicU64,
+    pub in_flight: AtomicUsize,
+    pub leases: AtomicU64,
+    samples: Mutex<VecDeque<(Instant, u64, u64, u64)>>,
+}
+
+/// Rates over the last half minute.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rates {
+    pub packuments_per_second: f64,
+    pub rows_per_second: f64,
+    pub bytes_per_second: f64,
+}
+
+impl Stats {
+    /// Takes a sample and returns the rates since the oldest one kept.
+    pub fn rates(&self) -> Rates {
+        let now = Instant::now();
+        let current = (
+            now,
+            self.fetched.load(Ordering::Relaxed),
+            self.rows.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        );
+        let mut samples = self.samples.lock().expect("samples");
+        while samples.len() > 1 && now.duration_since(samples[0].0) > Duration::from_secs(30) {
+            samples.pop_front();
+        }
+        if samples
+            .back()
+            .is_none_or(|s| now.duration_since(s.0) > Duration::from_millis(200))
+        {
+            samples.push_back(current);
+        }
+        let Some(&(t0, f0, r0, b0)) = samples.front() else {
+            return Rates::default();
+        };
+        let secs = now.duration_since(t0).as_secs_f64();
+        if secs < 0.5 {
+            return Rates::default();
+        }
+        Rates {
+            packuments_per_second: (current.1 - f0) as f64 / secs,
+            rows_per_second: (current.2 - r0) as f64 / secs,
+            bytes_per_second: (current.3 - b0) as f64 / secs,
+        }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started
+            .lock()
+            .expect("started")
+            .map_or(Duration::ZERO, |s| s.elapsed())
+    }
+}
+
+/// The run: owns the lease loop.
+pub struct Scheduler {
+    pub checkpoint: Checkpoint,
+    pub fetchers: Vec<FetcherHandle>,
+    pub settings: Settings,
+    pub stats: Arc<Stats>,
+    /// Woken by RetryFailed (and lease ends) to look for work again.
+    pub wake: Arc<Notify>,
+    pub state: tokio::sync::watch::Sender<RunState>,
+}
+
+impl Scheduler {
+    /// Leases until nothing is pending or leased. With `stay`, waits for more work
+    /// (RetryFailed) afterwards instead of returning.
+    pub async fn run(self: Arc<Self>, stay: bool) -> Result<Counts, CheckpointError> {
+        *self.stats.started.lock().expect("started") = Some(Instant::now());
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut next_fetcher = 0usize;
+        let index_running = Arc::new(AtomicUsize::new(0));
+        loop {
+            while tasks.len() < self.settings.max_in_flight {
+                let fetcher = self.fetchers[next_fetcher % self.fetchers.len()].clone();
+                let Some((token, work)) = self
+                    .pick(&fetcher, index_running.load(Ordering::Relaxed))
+                    .await?
+                else {
+                    break;
+                };
+                next_fetcher += 1;
+                if matches!(work, Work::Index(_)) {
+                    index_running.fetch_add(1, Ordering::Relaxed);
+                }
+                let this = self.clone();
+                let index_running = index_running.clone();
+                self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                self.stats.leases.fetch_add(1, Ordering::Relaxed);
+                tasks.spawn(async move {
+                    let is_index = matches!(work, Work::Index(_));
+                    this.run_lease(fetcher, token, work).await;
+                    if is_index {
+                        index_running.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    this.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            let (open, counts) = self
+                .checkpoint
+                .call(|db| Ok((db.has_open_work()?, db.counts()?)))
+                .await?;
+            self.state.send_replace(if open {
+                state_of(&counts)
+            } else {
+                RunState::Done
+            });
+            if tasks.is_empty() && !open {
+                let counts = self
+                    .checkpoint
+                    .call(|db| {
+                        db.set_run_complete(true)?;
+                        db.counts_now()
+                    })
+                    .await?;
+                if !stay {
+                    return Ok(counts);
+                }
+                // RetryFailed marks the run open again and wakes us.
+                self.wake.notified().await;
+                continue;
+            }
+            tokio::select! {
+                joined = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Some(Err(e)) = joined {
+                        tracing::error!(error = %e, "a lease task panicked");
+                    }
+                }
+                _ = self.wake.notified() => {}
+                // Pending packuments whose partitions are still indexing become leasable
+                // when those leases end, which also ends a task above; this is a backstop.
+                _ = tokio::time::sleep(Duration::from_secs(5)), if tasks.is_empty() => {}
+            }
+        }
+    }
+
+    /// Picks the next work: index partitions first while fewer than half the slots index
+    /// (so packuments of finished partitions flow meanwhile), then packument batches.
+    async fn pick(
+        &self,
+        fetcher: &FetcherHandle,
+        index_running: usize,
+    ) -> Result<Option<(i64, Work)>, CheckpointError> {
+        let lease_size = self.settings.lease_size;
+        let index_slots = (self.settings.max_in_flight / 2).max(1);
+        let fetcher_name = fetcher.name().to_string();
+        let deadline_ms = now_ms() + self.settings.lease_duration.as_millis() as i64;
+        self.checkpoint
+            .call(move |db| {
+                let token = db.next_token()?;
+                let mut work = None;
+                if index_running < index_slots {
+                    work = db.lease_partition(token)?.map(Work::Index);
+                }
+                if work.is_none() {
+                    let items = db.lease_packuments(token, lease_size)?;
+                    if !items.is_empty() {
+                        work = Some(Work::Packuments(items));
+                    }
+                }
+                if work.is_none() {
+                    work = db.lease_partition(token)?.map(Work::Index);
+                }
+                if let Some(w) = &work {
+                    db.record_lease(token, w, &fetcher_name, deadline_ms)?;
+                }
+                Ok(work.map(|w| (token, w)))
+            })
+            .await
+    }
+
+    fn lease_for(&self, token: i64, work: &Work) -> Lease {
+        let s = &self.settings;
+        let share = if s.rate_limit > 0.0 {
+            s.rate_limit / s.max_in_flight as f64
+        } else {
+            0.0
+        };
+        Lease {
+            lease_id: format!("lease-{token}"),
+            attempt: token as u64,
+            deadline_unix_ms: now_ms() + s.lease_duration.as_millis() as i64,
+            replicate_origin: s.replicate_origin.clone(),
+            registry: s.registry.clone(),
+            store_url: s.store.clone(),
+            accept: s.accept as i32,
+            rate_limit: share,
+            concurrency: s.concurrency,
+            max_retries: s.max_retries,
+            retry_base_ms: s.retry_base_ms,
+            work: Some(match work {
+                Work::Index(p) => LeaseWork::Index(IndexWork {
+                    partition: p.name.clone(),
+                    start: p.start.clone(),
+                    end: p.end.clone(),
+                    page_size: s.page_size,
+                }),
+                Work::Packuments(items) => LeaseWork::Packuments(PackumentWork {
+                    items: items
+                        .iter()
+                        .map(|(name, rev)| PackumentRequest {
+                            name: name.clone(),
+                            rev: rev.clone(),
+                        })
+                        .collect(),
+                }),
+            }),
+        }
+    }
+
+    /// Runs one lease to its end and gives back whatever it did not finish.
+    async fn run_lease(&self, fetcher: FetcherHandle, token: i64, work: Work) {
+        let lease = self.lease_for(token, &work);
+        // Past the deadline the fetcher stops by itself; give it a little longer to say so.
+        let give_up =
+            tokio::time::Instant::now() + self.settings.lease_duration + Duration::from_secs(30);
+        let outcome =
+            match tokio::time::timeout_at(give_up, self.follow(&fetcher, token, lease)).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(reason)) => reason,
+                Err(_) => "lease deadline passed without an answer from the fetcher".to_string(),
+            };
+        let returned = {
+            let outcome = outcome.clone();
+            self.checkpoint
+                .call(move |db| db.end_lease(token, &outcome))
+                .await
+        };
+        match returned {
+            Ok(0) => tracing::debug!(token, fetcher = fetcher.name(), %outcome, "lease ended"),
+            Ok(n) => {
+                tracing::warn!(token, fetcher = fetcher.name(), %outcome, returned = n, "lease ended early; its unfinished work goes back to pending")
+            }
+            Err(e) => tracing::error!(token, error = %e, "could not end a lease in the checkpoint"),
+        }
+        self.wake.notify_one();
+    }
+
+    /// Streams a lease's events into the checkpoint, in batches of what has arrived.
+    async fn follow(
+        &self,
+        fetcher: &FetcherHandle,
+        token: i64,
+        lease: Lease,
+    ) -> Result<String, String> {
+        let mut stream = fetcher.fetch(lease).await.map_err(|s| {
+            format!(
+                "fetcher {} refused the lease: {}",
+                fetcher.name(),
+                s.message()
+            )
+        })?;
+        let mut outcome = "stream ended without a summary".to_string();
+        loop {
+            let mut batch = Vec::new();
+            let mut ended = None;
+            match stream.next().await {
+                None => ended = Some(Ok(())),
+                Some(Err(status)) => ended = Some(Err(status)),
+                Some(Ok(ev)) => batch.extend(ev.event),
+            }
+            while ended.is_none() && batch.len() < 1024 {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(ev))) => batch.extend(ev.event),
+                    Some(Some(Err(status))) => ended = Some(Err(status)),
+                    Some(None) => ended = Some(Ok(())),
+                    None => break,
+                }
+            }
+            for ev in &batch {
+                match ev {
+                    Event::IndexRows(r) => {
+                        self.stats
+                            .rows
+                            .fetch_add(r.rows.len() as u64, Ordering::Relaxed);
+                    }
+                    Event::Summary(s) => {
+                        outcome = if s.unfinished == 0 {
+                            "finished".into()
+                        } else if s.deadline_exceeded {
+                            format!(
+                                "lease deadline passed with {} items unfinished",
+                                s.unfinished
+                            )
+                        } else {
+                            format!("fetcher stopped with {} items unfinished", s.unfinished)
+                        };
+                    }
+                    Event::Failed(f) => {
+                        tracing::warn!(name = %f.name, reason = %f.reason, retryable = f.retryable, "fetch failed");
+                    }
+                    _ => {}
+                }
+            }
+            if !batch.is_empty() {
+                let bytes: u64 = batch
+                    .iter()
+                    .map(|e| match e {
+                        Event::Stored(s) => s.bytes,
+                        _ => 0,
+                    })
+                    .sum();
+                let stored = self
+                    .checkpoint
+                    .call(move |db| db.apply(token, &batch))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.stats.fetched.fetch_add(stored, Ordering::Relaxed);
+                self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            match ended {
+                Some(Ok(())) => return Ok(outcome),
+                Some(Err(status)) => {
+                    return Err(format!(
+                        "stream from {} broke: {}",
+                        fetcher.name(),
+                        status.message()
+                    ))
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// What the counts say the run is doing.
+pub fn state_of(c: &Counts) -> RunState {
+    if c.is_done() {
+        RunState::Done
+    } else if c.partitions_pending + c.partitions_leased > 0 {
+        RunState::Indexing
+    } else {
+        RunState::Fetching
+    }
+}

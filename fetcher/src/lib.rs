@@ -1,0 +1,15 @@
+//! The alldocs fetcher: turns a lease into stored objects and a stream of events. The
+//! coordinator embeds this library to run fetchers in-process through the same service.
+
+pub mod events;
+pub mod grpc;
+pub mod http;
+pub mod index;
+pub mod keys;
+pub mod npmrc;
+pub mod packument;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+
+pub use service::FetchService;

@@ -1,0 +1,314 @@
+//! Object storage behind one small interface, chosen by URL (path, file://, memory://, gs://, s3://).
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, OnceLock},
+};
+
+use bytes::Bytes;
+use object_store::{
+    aws::AmazonS3Builder, buffered::BufWriter, gcp::GoogleCloudStorageBuilder,
+    local::LocalFileSystem, memory::InMemory, path::Path, prefix::PrefixStore, ObjectStore,
+    PutPayload,
+};
+
+/// Why a store URL could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unknown store scheme `{scheme}://` in `{url}`: use a directory path, file://PATH, memory://NAME, gs://BUCKET[/PREFIX] or s3://BUCKET[/PREFIX]")]
+    UnknownScheme { scheme: String, url: String },
+    #[error("invalid store URL `{url}`: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("cannot create the store directory {path}: {source}; check that the path is writable")]
+    CreateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the store `{url}`: {source}")]
+    Open {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// Where a store URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Local(PathBuf),
+    Memory(String),
+    Gcs { bucket: String, prefix: String },
+    S3 { bucket: String, prefix: String },
+}
+
+impl StoreLocation {
+    /// Parses a store URL without touching the store, so callers can refuse a bad one
+    /// before anything is written.
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        let invalid = |reason: &str| StoreError::InvalidUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        if url.trim().is_empty() {
+            return Err(invalid("it is empty; give a directory or a URL"));
+        }
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Ok(Self::Local(PathBuf::from(url)));
+        };
+        match scheme {
+            "file" => {
+                let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+                let path = parsed
+                    .to_file_path()
+                    .map_err(|()| invalid("a file:// URL needs an absolute path"))?;
+                Ok(Self::Local(path))
+            }
+            "memory" => Ok(Self::Memory(rest.to_string())),
+            "gs" | "s3" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(invalid("the bucket name is missing"));
+                }
+                let (bucket, prefix) = (bucket.to_string(), prefix.trim_matches('/').to_string());
+                Ok(if scheme == "gs" {
+                    Self::Gcs { bucket, prefix }
+                } else {
+                    Self::S3 { bucket, prefix }
+                })
+            }
+            other => Err(StoreError::UnknownScheme {
+                scheme: other.to_string(),
+                url: url.to_string(),
+            }),
+        }
+    }
+}
+
+/// An opened object store and the URI its objects are known by.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    base_uri: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("base_uri", &self.base_uri)
+            .finish()
+    }
+}
+
+fn opened() -> &'static Mutex<HashMap<String, Store>> {
+    static OPENED: OnceLock<Mutex<HashMap<String, Store>>> = OnceLock::new();
+    OPENED.get_or_init(Default::default)
+}
+
+impl Store {
+    /// Opens (or reuses) the store a URL names. Stores are cached per URL for the life of
+    /// the process, so every lease naming `memory://x` sees the same objects.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        if let Some(store) = opened().lock().expect("store cache").get(url) {
+            return Ok(store.clone());
+        }
+        let store = Self::open_uncached(url)?;
+        opened()
+            .lock()
+            .expect("store cache")
+            .entry(url.to_string())
+            .or_insert(store.clone());
+        Ok(store)
+    }
+
+    fn open_uncached(url: &str) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            url: url.to_string(),
+            source,
+        };
+        let (inner, base_uri): (Arc<dyn ObjectStore>, String) = match StoreLocation::parse(url)? {
+            StoreLocation::Local(path) => {
+                std::fs::create_dir_all(&path).map_err(|source| StoreError::CreateDir {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let abs = std::fs::canonicalize(&path).map_err(|source| StoreError::CreateDir {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let fs = LocalFileSystem::new_with_prefix(&abs).map_err(open_err)?;
+                let base = url::Url::from_directory_path(&abs)
+                    .map(|u| u.as_str().trim_end_matches('/').to_string())
+                    .unwrap_or_else(|()| format!("file://{}", abs.display()));
+                (Arc::new(fs), base)
+            }
+            StoreLocation::Memory(name) => (
+                Arc::new(InMemory::new()),
+                format!("memory://{}", name.trim_end_matches('/')),
+            ),
+            StoreLocation::Gcs { bucket, prefix } => {
+                let gcs = GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(&bucket)
+                    .build()
+                    .map_err(open_err)?;
+                (
+                    with_prefix(gcs, &prefix),
+                    join_uri(&format!("gs://{bucket}"), &prefix),
+                )
+            }
+            StoreLocation::S3 { bucket, prefix } => {
+                let s3 = AmazonS3Builder::from_env()
+                    .with_bucket_name(&bucket)
+                    .build()
+                    .map_err(open_err)?;
+                (
+                    with_prefix(s3, &prefix),
+                    join_uri(&format!("s3://{bucket}"), &prefix),
+                )
+            }
+        };
+        Ok(Self { inner, base_uri })
+    }
+
+    /// The full URI of an object, e.g. `file:///data/packuments/@types/node.json`.
+    pub fn uri(&self, path: &Path) -> String {
+        join_uri(&self.base_uri, path.as_ref())
+    }
+
+    /// Writes a whole object at once, replacing any object at that path (idempotent).
+    pub async fn put(&self, path: &Path, bytes: Bytes) -> Result<(), object_store::Error> {
+        self.inner
+            .put(path, PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+    }
+
+    /// A writer that uploads in parts once it holds more than `capacity` bytes; nothing is
+    /// visible at `path` until it is shut down, and `abort` leaves no object behind.
+    pub fn writer(&self, path: &Path, capacity: usize) -> BufWriter {
+        BufWriter::with_capacity(self.inner.clone(), path.clone(), capacity)
+    }
+
+    /// Reads a whole object (tests and tools; fetchers never read back).
+    pub async fn get(&self, path: &Path) -> Result<Bytes, object_store::Error> {
+        self.inner.get(path).await?.bytes().await
+    }
+
+    /// The underlying object store.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+}
+
+fn with_prefix<S: ObjectStore>(store: S, prefix: &str) -> Arc<dyn ObjectStore> {
+    if prefix.is_empty() {
+        Arc::new(store)
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    }
+}
+
+fn join_uri(base: &str, path: &str) -> String {
+    if path.is_empty() {
+        base.to_string()
+    } else {
+        format!("{}/{}", base.trim_end_matches('/'), path)
+    }
+}
+
+/// `packuments/<name>.json`; a scoped name is `packuments/@scope/name.json`. Names keep
+/// their characters literally (`~`, `*`, `!` …); only a name no store could hold (control
+/// characters, empty segments) falls back to object_store's percent-encoding.
+pub fn packument_path(name: &str) -> Path {
+    let raw = format!("packuments/{name}.json");
+    Path::parse(&raw).unwrap_or_else(|_| Path::from(raw))
+}
+
+/// `index/<partition>.jsonl`.
+pub fn index_path(partition: &str) -> Path {
+    Path::from(format!("index/{partition}.jsonl"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_supported_scheme_and_refuses_others() {
+        assert_eq!(
+            StoreLocation::parse("./data").unwrap(),
+            StoreLocation::Local("./data".into())
+        );
+        assert_eq!(
+            StoreLocation::parse("file:///tmp/x").unwrap(),
+            StoreLocation::Local("/tmp/x".into())
+        );
+        assert_eq!(
+            StoreLocation::parse("gs://bkt/snap/2026/").unwrap(),
+            StoreLocation::Gcs {
+                bucket: "bkt".into(),
+                prefix: "snap/2026".into()
+            }
+        );
+        assert_eq!(
+            StoreLocation::parse("s3://bkt").unwrap(),
+            StoreLocation::S3 {
+                bucket: "bkt".into(),
+                prefix: String::new()
+            }
+        );
+        let err = StoreLocation::parse("ftp://host/x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown store scheme `ftp://`"), "{err}");
+        assert!(
+            err.contains("gs://"),
+            "the error says what to use instead: {err}"
+        );
+        assert!(StoreLocation::parse("gs:///x").is_err());
+    }
+
+    #[test]
+    fn scoped_packuments_are_nested_under_their_scope() {
+        assert_eq!(
+            packument_path("@types/node").as_ref(),
+            "packuments/@types/node.json"
+        );
+        assert_eq!(
+            packument_path("JSONStream").as_ref(),
+            "packuments/JSONStream.json"
+        );
+        assert_eq!(packument_path("~a*b!").as_ref(), "packuments/~a*b!.json");
+        assert_eq!(
+            packument_path("bad\nname").as_ref(),
+            "packuments/bad%0Aname.json"
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_stores_are_shared_per_url_and_writes_are_idempotent() {
+        let a = Store::open("memory://shared-test").unwrap();
+        let b = Store::open("memory://shared-test").unwrap();
+        let path = packument_path("left-pad");
+        a.put(&path, Bytes::from_static(b"{}")).await.unwrap();
+        a.put(&path, Bytes::from_static(b"{}")).await.unwrap();
+        assert_eq!(b.get(&path).await.unwrap(), Bytes::from_static(b"{}"));
+        assert_eq!(
+            b.uri(&path),
+            "memory://shared-test/packuments/left-pad.json"
+        );
+    }
+
+    #[tokio::test]
+    async fn local_store_uri_is_absolute_file_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let path = packument_path("@scope/pkg");
+        store.put(&path, Bytes::from_static(b"[]")).await.unwrap();
+        let on_disk = dir.path().join("packuments/@scope/pkg.json");
+        assert_eq!(std::fs::read(on_disk).unwrap(), b"[]");
+        assert!(store.uri(&path).starts_with("file:///"));
+        assert!(store.uri(&path).ends_with("/packuments/@scope/pkg.json"));
+    }
+}
