@@ -79,8 +79,9 @@ impl CoordinatorService {
     /// The current progress.
     pub async fn progress(&self) -> Result<Progress, CheckpointError> {
         let counts = self.checkpoint.call(|db| db.counts()).await?;
+        // The counts decide (so a RetryFailed shows at once); before the scheduler has
+        // looked at the checkpoint, the run is still planning.
         let state = match *self.state.borrow() {
-            RunState::Done => RunState::Done,
             RunState::Planning | RunState::Unspecified => RunState::Planning,
             _ => state_of(&counts),
         };

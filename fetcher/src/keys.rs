@@ -62,10 +62,9 @@ mod tests {
             partition_name(Some("a+b"), None),
             partition_name(Some("a"), Some("b"))
         );
-        for name in [partition_name(Some("~é*?"), Some("%"))] {
-            assert!(name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b)));
-        }
+        let odd = partition_name(Some("~é*?"), Some("%"));
+        assert!(odd
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b)));
     }
 }

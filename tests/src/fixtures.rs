@@ -55,6 +55,24 @@ pub fn as_couch_docs(fixtures: &[Fixture]) -> Vec<Value> {
         .collect()
 }
 
+/// Made-up names chosen to sit on, before and after partition pivots: digits, scopes,
+/// uppercase legacy names, a name equal to a scope prefix, and one after all lowercase.
+pub const EDGE_NAMES: &[&str] = &[
+    "0-first-digit",
+    "9lives",
+    "@aaa/first-scope",
+    "@types/",
+    "@zzz/last-scope",
+    "A",
+    "AZ-upper",
+    "Zeta",
+    "a",
+    "b-edge",
+    "left-pad-2",
+    "zzz-last",
+    "~tilde-after-lowercase",
+];
+
 /// A small made-up packument for names at partition edges.
 pub fn tiny_doc(name: &str) -> Value {
     serde_json::json!({

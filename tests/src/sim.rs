@@ -12,10 +12,16 @@
 //! * `{prefix}/<name>` — a packument, full or abbreviated (by `Accept`), optionally gzipped.
 //! * `/-/sim/stats[?names=1]` — the request counters as JSON (always at the root).
 //!
+//! Packument requests are answered in this order: the optional latency, then 429 for every
+//! `throttle_every`-th request, 404 for unknown and missing names, 503 while a name has had at
+//! most `fail_first` requests (throttled ones included), 304 when `If-None-Match` matches the
+//! `ETag`, else 200.
+//!
 //! Document bodies cost almost nothing to produce: a large filler text is rendered once per
 //! registry and each full document is a small rendered head, a zero-copy slice of the filler
 //! (its `readme`) and a static tail. For gzip the filler is also pre-compressed in independent
-//! raw-deflate chunks, so only the head and a short remainder are compressed per request.
+//! raw-deflate chunks, so only the head and at most 1 KiB of the readme are compressed per
+//! request.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::convert::Infallible;
@@ -57,6 +63,8 @@ const MAX_DOC_BYTES: usize = 100 * 1024 * 1024;
 const SIZE_SIGMA: f64 = 1.3;
 /// Size of the independently pre-compressed filler chunks used for gzip.
 const CHUNK: usize = 8 * 1024;
+/// Size of the smaller pre-compressed filler chunks that lead up to a [`CHUNK`] boundary.
+const SMALL_CHUNK: usize = 1024;
 /// The closing bytes of every full document (ends the `readme` string).
 const FULL_TAIL: &[u8] = b"\"}";
 /// A gzip member header: deflate, no flags, no mtime, "fastest" extra flags, unknown OS.
@@ -78,7 +86,8 @@ const TAG_NAMES: u64 = 7;
 pub struct SimConfig {
     /// Number of packages listed by `_all_docs`.
     pub packages: usize,
-    /// Mean size in bytes of full (uncompressed) packuments.
+    /// Mean size in bytes of full (uncompressed) packuments. Sizes are log-normal (sigma 1.3),
+    /// capped at 64 × the mean and 100 MiB; a document is never smaller than its metadata.
     pub mean_bytes: usize,
     /// Seed of every deterministic choice (names, revisions, documents).
     pub seed: u64,
@@ -563,8 +572,9 @@ impl Plan<'_> {
 /// The pieces of one document body: rendered head, a filler slice and a static tail.
 struct DocParts {
     head: Bytes,
+    /// A slice of the filler that ends on a [`CHUNK`] boundary (empty when abbreviated).
     readme: Bytes,
-    /// Offset of `readme` in the filler (a multiple of [`CHUNK`]).
+    /// Offset of `readme` in the filler.
     readme_offset: usize,
     tail: Bytes,
     modified_ms: u64,
@@ -622,7 +632,14 @@ pub struct Registry {
     names: NameTable,
     rev_numbers: Vec<u32>,
     filler: Bytes,
-    gzip_chunks: OnceLock<Vec<Bytes>>,
+    gzip_pieces: OnceLock<GzipPieces>,
+}
+
+/// Pre-compressed raw-deflate pieces shared by all gzip responses.
+struct GzipPieces {
+    chunks: Vec<Bytes>,
+    small_chunks: Vec<Bytes>,
+    tail: Bytes,
 }
 
 impl std::fmt::Debug for Registry {
@@ -666,7 +683,7 @@ impl Registry {
             names: NameTable::new(&names),
             rev_numbers,
             filler: make_filler(seed, filler_len),
-            gzip_chunks: OnceLock::new(),
+            gzip_pieces: OnceLock::new(),
         }
     }
 
@@ -786,7 +803,7 @@ impl Registry {
         const START_MS: u64 = 1_325_376_000_000; // 2012-01-01
         const END_MS: u64 = 1_748_736_000_000; // 2025-06-01
         let created_ms = START_MS + rng.below((END_MS - START_MS) * 4 / 5);
-        let count = 1 + rng.below((target / 1500).clamp(1, 100) as u64);
+        let count = 1 + rng.below((target / 3000).clamp(1, 60) as u64);
         let step_ms = (END_MS - created_ms) / (count + 1);
         let (mut major, mut minor, mut patch) = (rng.below(2), rng.below(4), rng.below(5));
         let mut time_ms = created_ms;
@@ -835,8 +852,10 @@ impl Registry {
             .target
             .saturating_sub(head.len() + FULL_TAIL.len())
             .min(self.filler.len() - CHUNK);
-        let slots = (self.filler.len() - readme_len) / CHUNK;
-        let readme_offset = (plan.readme_draw % slots as u64) as usize * CHUNK;
+        // The readme ends on a chunk boundary, so gzip can use pre-compressed pieces for it.
+        let whole = readme_len / CHUNK;
+        let slots = (self.filler.len() / CHUNK - whole) as u64;
+        let readme_offset = (1 + (plan.readme_draw % slots) as usize) * CHUNK - readme_len % CHUNK;
         DocParts {
             head: Bytes::from(head),
             readme: self.filler.slice(readme_offset..readme_offset + readme_len),
@@ -846,17 +865,24 @@ impl Registry {
         }
     }
 
-    /// The filler pre-compressed in independent [`CHUNK`]-sized raw-deflate pieces.
-    fn gzip_chunks(&self) -> &[Bytes] {
-        self.gzip_chunks.get_or_init(|| {
+    /// The filler pre-compressed in independent raw-deflate pieces of both chunk sizes, and
+    /// the final piece for [`FULL_TAIL`].
+    fn gzip_pieces(&self) -> &GzipPieces {
+        let compress = |size| {
             self.filler
-                .chunks(CHUNK)
+                .chunks(size)
                 .map(|c| Bytes::from(deflate(c, Compression::default(), false)))
                 .collect()
+        };
+        self.gzip_pieces.get_or_init(|| GzipPieces {
+            chunks: compress(CHUNK),
+            small_chunks: compress(SMALL_CHUNK),
+            tail: Bytes::from(deflate(FULL_TAIL, Compression::default(), true)),
         })
     }
 
-    /// A gzip encoding of `parts` made mostly of pre-compressed filler chunks.
+    /// A gzip encoding of `parts`: the head and at most [`SMALL_CHUNK`] bytes of the readme
+    /// are compressed live, the rest of the readme and the tail are pre-compressed pieces.
     fn gzip(&self, parts: &DocParts) -> Vec<Bytes> {
         let mut crc = Crc::new();
         for part in [&parts.head, &parts.readme, &parts.tail] {
@@ -867,20 +893,28 @@ impl Registry {
         trailer.extend_from_slice(&crc.amount().to_le_bytes());
 
         let mut out = vec![Bytes::from_static(&GZIP_HEADER)];
-        let whole = parts.readme.len() / CHUNK;
-        let last = if whole == 0 {
-            [&parts.head[..], &parts.readme[..], &parts.tail[..]].concat()
+        if parts.tail.is_empty() {
+            // Abbreviated: no readme, compressed in one go.
+            out.push(Bytes::from(deflate(&parts.head, Compression::fast(), true)));
         } else {
-            out.push(Bytes::from(deflate(
-                &parts.head,
-                Compression::fast(),
-                false,
-            )));
-            let first = parts.readme_offset / CHUNK;
-            out.extend_from_slice(&self.gzip_chunks()[first..first + whole]);
-            [&parts.readme[whole * CHUNK..], &parts.tail[..]].concat()
-        };
-        out.push(Bytes::from(deflate(&last, Compression::fast(), true)));
+            // The readme ends on a chunk boundary: compress up to the next small-chunk
+            // boundary, then use small chunks up to a chunk boundary, then whole chunks.
+            let (start, end) = (
+                parts.readme_offset,
+                parts.readme_offset + parts.readme.len(),
+            );
+            debug_assert_eq!(end % CHUNK, 0);
+            let live_end = start.next_multiple_of(SMALL_CHUNK).min(end);
+            let small_end = live_end.next_multiple_of(CHUNK).min(end);
+            let live = [&parts.head[..], &self.filler[start..live_end]].concat();
+            out.push(Bytes::from(deflate(&live, Compression::fast(), false)));
+            let pieces = self.gzip_pieces();
+            out.extend_from_slice(
+                &pieces.small_chunks[live_end / SMALL_CHUNK..small_end / SMALL_CHUNK],
+            );
+            out.extend_from_slice(&pieces.chunks[small_end / CHUNK..end / CHUNK]);
+            out.push(pieces.tail.clone());
+        }
         out.push(Bytes::from(trailer));
         out
     }
@@ -1276,20 +1310,23 @@ impl Shared {
         let abbreviated = wants_abbreviated(headers);
         let etag = registry.etag_at(index, abbreviated);
         let parts = registry.parts(index, abbreviated);
-        let (status, body) = if etag_matches(headers, &etag) {
+        let last_modified = http_date(parts.modified_ms);
+        let not_modified = etag_matches(headers, &etag);
+        let gzip = !not_modified && self.cfg.gzip && accepts_gzip(headers);
+        let mut response = if not_modified {
             bump(&c.not_modified, 1);
-            (StatusCode::NOT_MODIFIED, None)
+            let mut response = Response::new(PartsBody::empty());
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            response
         } else {
             bump(&c.packuments_served, 1);
             bump(&c.bytes_sent, parts.len() as u64);
-            (StatusCode::OK, Some(self.cfg.gzip && accepts_gzip(headers)))
+            Response::new(if gzip {
+                PartsBody::new(registry.gzip(&parts))
+            } else {
+                PartsBody::new([parts.head, parts.readme, parts.tail])
+            })
         };
-        let mut response = Response::new(match body {
-            None => PartsBody::empty(),
-            Some(true) => PartsBody::new(registry.gzip(&parts)),
-            Some(false) => PartsBody::new([parts.head, parts.readme, parts.tail]),
-        });
-        *response.status_mut() = status;
         let h = response.headers_mut();
         let content_type = if abbreviated {
             ABBREVIATED_CONTENT_TYPE
@@ -1297,13 +1334,13 @@ impl Shared {
             "application/json"
         };
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        if body == Some(true) {
+        if gzip {
             h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
         if let Ok(value) = HeaderValue::from_str(&etag) {
             h.insert(header::ETAG, value);
         }
-        if let Ok(value) = HeaderValue::from_str(&http_date(parts.modified_ms)) {
+        if let Ok(value) = HeaderValue::from_str(&last_modified) {
             h.insert(header::LAST_MODIFIED, value);
         }
         h.insert(
@@ -1347,7 +1384,7 @@ impl SimServer {
             tokio::task::spawn_blocking(move || {
                 let registry = Registry::new(&cfg);
                 if cfg.gzip {
-                    registry.gzip_chunks();
+                    registry.gzip_pieces();
                 }
                 Arc::new(registry)
             })

@@ -14,22 +14,7 @@ use alldocs_tests::{
     },
 };
 
-/// Names chosen to sit on, before and after the pivots used below.
-const EDGE_NAMES: &[&str] = &[
-    "0-first-digit",
-    "9lives",
-    "@aaa/first-scope",
-    "@types/",
-    "@zzz/last-scope",
-    "A",
-    "AZ-upper",
-    "Zeta",
-    "a",
-    "b-edge",
-    "left-pad-2",
-    "zzz-last",
-    "~tilde-after-lowercase",
-];
+use fixtures::EDGE_NAMES;
 
 async fn loaded_peer() -> anyhow::Result<(PouchServer, Vec<(String, String)>)> {
     let peer = PouchServer::start().await?;

@@ -511,11 +511,17 @@ async fn gzip_round_trips_to_the_same_bytes() {
     let registry = sim.registry().clone();
     let mut by_size: Vec<&str> = registry.names().collect();
     by_size.sort_by_key(|n| registry.document_len(n, false));
-    let picks = [by_size[0], by_size[150], by_size[298], by_size[299]];
-    assert!(registry.document_len(picks[3], false).unwrap() > 200_000);
+    // Sizes across the whole range, from empty readmes to the largest documents.
+    let picks: Vec<&str> = by_size
+        .iter()
+        .step_by(20)
+        .chain(&by_size[298..])
+        .copied()
+        .collect();
+    assert!(registry.document_len(by_size[299], false).unwrap() > 200_000);
 
     let raw = raw_client();
-    for name in picks {
+    for &name in &picks {
         let url = format!("{}/{}", sim.url(), encoded(name));
         for abbreviated in [false, true] {
             let accept = if abbreviated {
@@ -835,7 +841,7 @@ async fn document_sizes_have_the_configured_mean_and_a_long_tail() {
         ..SimConfig::default()
     })
     .await;
-    let client = Client::new();
+    let client = raw_client();
     let url = sim.url();
     let sizes: Vec<usize> = futures::stream::iter(names(sim.registry()))
         .map(|name| {

@@ -1,0 +1,908 @@
+//! `bench`: end-to-end throughput and memory figures for alldocs, on loopback only.
+//!
+//! It starts the registry simulator in this process, runs the real `coordinator run` binary
+//! (and, with `--fetchers remote:N`, N real `fetcher serve` processes) against it, measures
+//! wall time, rates, the simulator's request counters and the peak RSS of every child
+//! process, verifies that the snapshot is complete and byte-exact, then runs the coordinator
+//! a second time on the same checkpoint and checks that nothing is fetched again.
+//!
+//! Build first (the binaries are looked up next to this one, or in `target/release` with
+//! `--release`):
+//!
+//! ```text
+//! cargo build --release -p alldocs-coordinator -p alldocs-fetcher -p alldocs-tests
+//! target/release/bench --packages 20000
+//! target/release/bench --packages 20000 --fetchers remote:2 --json
+//! ```
+//!
+//! Nothing leaves 127.0.0.1: every server the children talk to is one this process started.
+//! Exit code: 0 when every check passed, 1 when one failed, 2 on a setup error.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use alldocs_proto::v1::{coordinator_client::CoordinatorClient, GetProgressRequest};
+use alldocs_tests::sim::{Registry, SimConfig, SimServer, StatsSnapshot};
+use anyhow::{bail, Context as _, Result};
+use clap::Parser;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+/// How often the peak RSS of a child process is sampled.
+const RSS_POLL: Duration = Duration::from_millis(50);
+/// How often the coordinator's progress is polled (it caches its counts for >= 250 ms).
+const PROGRESS_POLL: Duration = Duration::from_millis(100);
+/// How long a `fetcher serve` process may take to say where it listens.
+const FETCHER_START_TIMEOUT: Duration = Duration::from_secs(20);
+const BUILD_HINT: &str =
+    "cargo build --release -p alldocs-coordinator -p alldocs-fetcher -p alldocs-tests";
+
+/// End-to-end benchmark of coordinator + fetchers against the in-process registry simulator.
+#[derive(Debug, Parser)]
+#[command(name = "bench")]
+struct Args {
+    /// Packages in the simulated registry.
+    #[arg(long, default_value_t = 20_000)]
+    packages: usize,
+    /// Mean size of a full packument in bytes (log-normal spread, like npm's).
+    #[arg(long, default_value_t = 20_000)]
+    mean_bytes: usize,
+    /// Every k-th package is listed but answers 404 (0: none).
+    #[arg(long, default_value_t = 0)]
+    missing_every: usize,
+    /// Delay in milliseconds the simulator adds before each packument response.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Passed to the coordinator as --max-in-flight (default: the coordinator's).
+    #[arg(long)]
+    max_in_flight: Option<u32>,
+    /// Passed to the coordinator as --concurrency (default: the coordinator's).
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// Passed to the coordinator as --lease-size (default: the coordinator's).
+    #[arg(long)]
+    lease_size: Option<u32>,
+    /// `in-process` (the coordinator's embedded fetcher) or `remote:N` (N `fetcher serve`
+    /// processes on loopback, each passed as --fetcher).
+    #[arg(long, default_value = "in-process", value_parser = parse_fetchers)]
+    fetchers: Fetchers,
+    /// Use the binaries in `target/release` even when this bench is a debug build.
+    #[arg(long)]
+    release: bool,
+    /// Print the figures as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Kill a coordinator run that takes longer than this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout_secs: u64,
+    /// Keep the work directory (checkpoint, store, logs) instead of deleting it.
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fetchers {
+    InProcess,
+    Remote(usize),
+}
+
+impl std::fmt::Display for Fetchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fetchers::InProcess => f.write_str("in-process"),
+            Fetchers::Remote(n) => write!(f, "remote:{n}"),
+        }
+    }
+}
+
+fn parse_fetchers(s: &str) -> Result<Fetchers, String> {
+    if s == "in-process" {
+        return Ok(Fetchers::InProcess);
+    }
+    match s.strip_prefix("remote:").map(str::parse::<usize>) {
+        Some(Ok(n)) if n >= 1 => Ok(Fetchers::Remote(n)),
+        _ => Err(format!(
+            "`{s}`: expected `in-process` or `remote:N` with N >= 1"
+        )),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match bench(&args).await {
+        Ok(report) => {
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+            if report.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("bench: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The benchmark.
+
+/// Everything measured, and the checks that failed.
+struct Report {
+    args_line: String,
+    fetchers: Fetchers,
+    packages: usize,
+    expected_stored: usize,
+    sim_setup: Duration,
+    first: RunOutcome,
+    first_stats: StatsSnapshot,
+    second: RunOutcome,
+    second_stats: StatsSnapshot,
+    fetcher_peak_rss_kb: Vec<u64>,
+    bench_peak_rss_kb: u64,
+    stored_files: usize,
+    index_rows: usize,
+    spot_checked: usize,
+    spot_mismatches: Vec<String>,
+    failures: Vec<String>,
+    workdir: Option<PathBuf>,
+}
+
+async fn bench(args: &Args) -> Result<Report> {
+    let bins = Binaries::locate(args.release, args.fetchers != Fetchers::InProcess)?;
+    if cfg!(debug_assertions) {
+        eprintln!("bench: note: this bench binary is a debug build (the simulator runs in it); build with --release for meaningful figures");
+    }
+
+    eprintln!(
+        "bench: building a simulated registry of {} packages (mean {} bytes)…",
+        args.packages, args.mean_bytes
+    );
+    let setup_started = Instant::now();
+    let sim = SimServer::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            packages: args.packages,
+            mean_bytes: args.mean_bytes,
+            missing_every: args.missing_every,
+            latency_ms: args.latency_ms,
+            ..SimConfig::default()
+        },
+    )
+    .await?;
+    let sim_setup = setup_started.elapsed();
+    let sim_url = sim.url();
+    let registry = sim.registry().clone();
+    let missing = registry.names().filter(|n| registry.is_missing(n)).count();
+    let expected_stored = registry.len() - missing;
+
+    let workdir = tempfile::Builder::new()
+        .prefix("alldocs-bench-")
+        .tempdir()?;
+    let db = workdir.path().join("alldocs.sqlite");
+    let store = workdir.path().join("data");
+
+    let mut fetchers = Vec::new();
+    if let Fetchers::Remote(n) = args.fetchers {
+        for i in 0..n {
+            let log = workdir.path().join(format!("fetcher-{i}.log"));
+            fetchers.push(FetcherProcess::start(&bins.fetcher, &log).await?);
+        }
+        eprintln!(
+            "bench: {n} fetcher(s) listening on {}",
+            fetchers
+                .iter()
+                .map(|f| f.addr.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    let mut coordinator_args: Vec<OsString> = vec![
+        "run".into(),
+        "--replicate-origin".into(),
+        sim_url.clone().into(),
+        "--registry".into(),
+        sim_url.clone().into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--db".into(),
+        db.clone().into(),
+        "--store".into(),
+        store.clone().into(),
+        "--rate-limit".into(),
+        "0".into(),
+        "--progress".into(),
+        "none".into(),
+    ];
+    let knobs = [
+        ("--max-in-flight", args.max_in_flight),
+        ("--concurrency", args.concurrency),
+        ("--lease-size", args.lease_size),
+    ];
+    for (flag, value) in knobs {
+        if let Some(v) = value {
+            coordinator_args.extend([flag.into(), v.to_string().into()]);
+        }
+    }
+    for f in &fetchers {
+        coordinator_args.extend(["--fetcher".into(), format!("http://{}", f.addr).into()]);
+    }
+    let env = [("npm_config_registry", sim_url.as_str())];
+    let timeout = Duration::from_secs(args.timeout_secs);
+
+    // Run 1: the full snapshot.
+    eprintln!("bench: run 1 (full snapshot)…");
+    let before = sim.stats();
+    let first = run_coordinator(
+        &bins.coordinator,
+        &coordinator_args,
+        &env,
+        &workdir.path().join("coordinator-1.log"),
+        timeout,
+    )
+    .await?;
+    let first_stats = delta(&before, &sim.stats());
+
+    eprintln!("bench: verifying the store…");
+    let stored_files = count_files(&store.join("packuments"))?;
+    let index_rows = count_index_rows(&store.join("index"))?;
+    let (spot_checked, spot_mismatches) = spot_check(&registry, &store.join("packuments"), 100);
+
+    // Run 2: incremental, on the same checkpoint; nothing changed, so nothing is fetched.
+    eprintln!("bench: run 2 (incremental, same checkpoint)…");
+    let before = sim.stats();
+    let second = run_coordinator(
+        &bins.coordinator,
+        &coordinator_args,
+        &env,
+        &workdir.path().join("coordinator-2.log"),
+        timeout,
+    )
+    .await?;
+    let second_stats = delta(&before, &sim.stats());
+
+    let mut fetcher_peak_rss_kb = Vec::new();
+    for f in fetchers {
+        fetcher_peak_rss_kb.push(f.stop().await);
+    }
+    sim.shutdown().await;
+    let bench_peak_rss_kb = vm_hwm_kb("self").unwrap_or(0);
+
+    let mut failures = Vec::new();
+    for (label, run) in [("run 1", &first), ("run 2", &second)] {
+        if !run.status.success() {
+            failures.push(format!(
+                "{label}: coordinator exited with {} (log: {})",
+                run.status,
+                run.log.display()
+            ));
+        }
+    }
+    if stored_files != expected_stored {
+        failures.push(format!(
+            "{stored_files} files under data/packuments, expected {expected_stored}"
+        ));
+    }
+    if index_rows != registry.len() {
+        failures.push(format!(
+            "{index_rows} rows in data/index/*.jsonl, expected {}",
+            registry.len()
+        ));
+    }
+    if !spot_mismatches.is_empty() {
+        failures.push(format!(
+            "{} of {spot_checked} spot-checked packuments differ from the registry: {}",
+            spot_mismatches.len(),
+            spot_mismatches.join(", ")
+        ));
+    }
+    if first_stats.packuments_served != expected_stored as u64 {
+        failures.push(format!(
+            "run 1: the registry served {} packuments, expected exactly {expected_stored}",
+            first_stats.packuments_served
+        ));
+    }
+    if second_stats.packument_requests != 0 {
+        failures.push(format!(
+            "run 2: {} packument requests, expected 0 (nothing changed)",
+            second_stats.packument_requests
+        ));
+    }
+    for f in &failures {
+        eprintln!("bench: CHECK FAILED: {f}");
+    }
+    if !failures.is_empty() {
+        let tail = log_tail(&first.log, 20);
+        if !tail.is_empty() {
+            eprintln!("bench: last lines of {}:\n{tail}", first.log.display());
+        }
+    }
+
+    let workdir = if args.keep || !failures.is_empty() {
+        let path = workdir.keep();
+        eprintln!("bench: kept the work directory {}", path.display());
+        Some(path)
+    } else {
+        None
+    };
+    Ok(Report {
+        args_line: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        fetchers: args.fetchers,
+        packages: registry.len(),
+        expected_stored,
+        sim_setup,
+        first,
+        first_stats,
+        second,
+        second_stats,
+        fetcher_peak_rss_kb,
+        bench_peak_rss_kb,
+        stored_files,
+        index_rows,
+        spot_checked,
+        spot_mismatches,
+        failures,
+        workdir,
+    })
+}
+
+/// `after - before`, counter by counter.
+fn delta(before: &StatsSnapshot, after: &StatsSnapshot) -> StatsSnapshot {
+    StatsSnapshot {
+        all_docs_requests: after.all_docs_requests - before.all_docs_requests,
+        packument_requests: after.packument_requests - before.packument_requests,
+        packuments_served: after.packuments_served - before.packuments_served,
+        not_modified: after.not_modified - before.not_modified,
+        not_found: after.not_found - before.not_found,
+        throttled: after.throttled - before.throttled,
+        failed_injected: after.failed_injected - before.failed_injected,
+        bytes_sent: after.bytes_sent - before.bytes_sent,
+        names: None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes.
+
+/// The `coordinator` and `fetcher` binaries to run.
+struct Binaries {
+    coordinator: PathBuf,
+    fetcher: PathBuf,
+}
+
+impl Binaries {
+    /// Looks next to this executable, or in the sibling `release` directory with `release`.
+    fn locate(release: bool, need_fetcher: bool) -> Result<Binaries> {
+        let exe = std::env::current_exe().context("locating the bench executable")?;
+        let mut dir = exe
+            .parent()
+            .context("the bench executable has no parent directory")?
+            .to_path_buf();
+        if release && dir.file_name().is_some_and(|n| n != "release") {
+            dir = dir
+                .parent()
+                .map(|target| target.join("release"))
+                .unwrap_or(dir);
+        }
+        let bins = Binaries {
+            coordinator: dir.join("coordinator"),
+            fetcher: dir.join("fetcher"),
+        };
+        let mut needed = vec![&bins.coordinator];
+        if need_fetcher {
+            needed.push(&bins.fetcher);
+        }
+        for path in needed {
+            if !path.is_file() {
+                bail!(
+                    "{} not found; the bench runs the real binaries next to it. Build them first:\n  {BUILD_HINT}",
+                    path.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
+}
+
+/// A command with a hermetic environment: no `ALLDOCS_*`, npm or `PORT` settings of the
+/// caller leak in (they could point the child at other servers or send it a token).
+fn child_command(bin: &Path, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(bin);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        let upper = k.to_ascii_uppercase();
+        if upper.starts_with("ALLDOCS_")
+            || upper.starts_with("NPM_CONFIG_")
+            || upper == "NPM_TOKEN"
+            || upper == "PORT"
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// The peak resident set size of a process, in KiB (`VmHWM`), or `None` once it is gone.
+/// `pid` is a number or `self`.
+fn vm_hwm_kb(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Samples a child's `VmHWM` every [`RSS_POLL`] until it exits; keeps the largest value.
+struct PeakRss(Arc<AtomicU64>);
+
+impl PeakRss {
+    fn watch(pid: Option<u32>) -> PeakRss {
+        let peak = Arc::new(AtomicU64::new(0));
+        if let Some(pid) = pid {
+            let peak = peak.clone();
+            let pid = pid.to_string();
+            tokio::spawn(async move {
+                // VmHWM only grows; it disappears when the process exits (or is a zombie).
+                while let Some(kb) = vm_hwm_kb(&pid) {
+                    peak.fetch_max(kb, Ordering::Relaxed);
+                    tokio::time::sleep(RSS_POLL).await;
+                }
+            });
+        }
+        PeakRss(peak)
+    }
+
+    fn kb(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A running `fetcher serve` process.
+struct FetcherProcess {
+    child: Child,
+    addr: String,
+    rss: PeakRss,
+}
+
+impl FetcherProcess {
+    async fn start(bin: &Path, log: &Path) -> Result<FetcherProcess> {
+        let mut child = child_command(bin, &[])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let rss = PeakRss::watch(child.id());
+        let mut lines = BufReader::new(child.stdout.take().context("fetcher stdout")?).lines();
+        let addr = tokio::time::timeout(FETCHER_START_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(addr) = line.strip_prefix("fetcher listening on ") {
+                    return Ok(addr.trim().to_string());
+                }
+            }
+            bail!(
+                "the fetcher exited before listening (log: {})",
+                log.display()
+            )
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "the fetcher did not listen in time (log: {})",
+                log.display()
+            )
+        })??;
+        // Keep reading its stdout so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(FetcherProcess { child, addr, rss })
+    }
+
+    /// Asks it to stop (SIGTERM, as Cloud Run does), kills it if it lingers, returns its peak RSS.
+    async fn stop(mut self) -> u64 {
+        let peak = self.rss.kb();
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+        peak.max(self.rss.kb())
+    }
+}
+
+/// What one `coordinator run` did.
+struct RunOutcome {
+    status: ExitStatus,
+    wall: Duration,
+    /// From start until every partition was indexed (seen by polling its progress).
+    index_done: Option<Duration>,
+    rows_indexed: u64,
+    peak_rss_kb: u64,
+    log: PathBuf,
+}
+
+#[derive(Default)]
+struct Polled {
+    index_done: Option<Duration>,
+    rows_indexed: u64,
+}
+
+/// Runs `coordinator` with `args` to its end, measuring wall time, peak RSS and when the
+/// index phase finished. Stderr (its logs) goes to `log`.
+async fn run_coordinator(
+    bin: &Path,
+    args: &[OsString],
+    env: &[(&str, &str)],
+    log: &Path,
+    timeout: Duration,
+) -> Result<RunOutcome> {
+    let started = Instant::now();
+    let mut child = child_command(bin, env)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let rss = PeakRss::watch(child.id());
+
+    // Its stdout says where its gRPC API listens; the progress poller needs that.
+    let (addr_tx, addr_rx) = oneshot::channel::<String>();
+    let stdout = child.stdout.take().context("coordinator stdout")?;
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addr_tx = Some(addr_tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(addr) = line.strip_prefix("coordinator listening on ") {
+                if let Some(tx) = addr_tx.take() {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        }
+    });
+    let polled = Arc::new(Mutex::new(Polled::default()));
+    let poller = tokio::spawn(poll_progress(addr_rx, started, polled.clone()));
+
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => status?,
+        Err(_) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            poller.abort();
+            bail!(
+                "the coordinator did not finish within {} s; killed it (log: {})",
+                timeout.as_secs(),
+                log.display()
+            );
+        }
+    };
+    let wall = started.elapsed();
+    poller.abort();
+    let polled = polled.lock().expect("progress");
+    Ok(RunOutcome {
+        status,
+        wall,
+        index_done: polled.index_done,
+        rows_indexed: polled.rows_indexed,
+        peak_rss_kb: rss.kb(),
+        log: log.to_path_buf(),
+    })
+}
+
+/// Polls `GetProgress` until aborted; records when all partitions were indexed.
+async fn poll_progress(
+    addr: oneshot::Receiver<String>,
+    started: Instant,
+    polled: Arc<Mutex<Polled>>,
+) {
+    let Ok(addr) = addr.await else { return };
+    let url = format!("http://{addr}");
+    let mut client = loop {
+        match CoordinatorClient::connect(url.clone()).await {
+            Ok(client) => break client,
+            Err(_) => tokio::time::sleep(PROGRESS_POLL).await,
+        }
+    };
+    loop {
+        if let Ok(p) = client.get_progress(GetProgressRequest {}).await {
+            let p = p.into_inner();
+            let mut polled = polled.lock().expect("progress");
+            polled.rows_indexed = p.rows_indexed;
+            if polled.index_done.is_none()
+                && p.partitions_total > 0
+                && p.partitions_done + p.partitions_failed == p.partitions_total
+            {
+                polled.index_done = Some(started.elapsed());
+            }
+        }
+        tokio::time::sleep(PROGRESS_POLL).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verification.
+
+/// Regular files under `dir`, recursively (0 if it does not exist).
+fn count_files(dir: &Path) -> Result<usize> {
+    let mut count = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// Non-empty lines over all `*.jsonl` files in `dir`.
+fn count_index_rows(dir: &Path) -> Result<usize> {
+    let mut rows = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            let text = std::fs::read_to_string(&path)?;
+            rows += text.lines().filter(|l| !l.trim().is_empty()).count();
+        }
+    }
+    Ok(rows)
+}
+
+/// Compares about `samples` stored packuments, spread evenly over the sorted names (so
+/// scoped, uppercase and digit names are all included), byte for byte with what the
+/// registry serves. Returns how many were checked and the names that differ.
+fn spot_check(registry: &Registry, packuments: &Path, samples: usize) -> (usize, Vec<String>) {
+    let served: Vec<&str> = registry
+        .names()
+        .filter(|n| !registry.is_missing(n))
+        .collect();
+    let step = (served.len() / samples.max(1)).max(1);
+    let mut checked = 0;
+    let mut mismatches = Vec::new();
+    for name in served.iter().step_by(step).take(samples) {
+        checked += 1;
+        let path = packuments.join(format!("{name}.json"));
+        let expected = registry.document(name, false);
+        match std::fs::read(&path) {
+            Ok(bytes) if Some(&bytes) == expected.as_ref() => {}
+            Ok(_) => mismatches.push(format!("{name} (bytes differ)")),
+            Err(e) => mismatches.push(format!("{name} ({e})")),
+        }
+    }
+    (checked, mismatches)
+}
+
+/// The last `n` lines of a log file.
+fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output.
+
+/// An exit code, or the signal that ended the process.
+fn exit_code(status: ExitStatus) -> String {
+    status
+        .code()
+        .map_or_else(|| status.to_string(), |c| c.to_string())
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn per_sec(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+fn mib(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+impl Report {
+    fn packuments_per_sec(&self) -> f64 {
+        per_sec(self.first_stats.packuments_served, self.first.wall)
+    }
+
+    fn mb_per_sec(&self) -> f64 {
+        per_sec(self.first_stats.bytes_sent, self.first.wall) / 1e6
+    }
+
+    fn rows_per_sec(&self) -> Option<f64> {
+        self.first
+            .index_done
+            .map(|d| per_sec(self.first.rows_indexed, d))
+    }
+
+    fn to_table(&self) -> String {
+        let mut t = Table::new("alldocs bench");
+        t.row("arguments", &self.args_line);
+        t.row("fetchers", self.fetchers);
+        t.row(
+            "packages (expected stored)",
+            format!("{} ({})", self.packages, self.expected_stored),
+        );
+        t.row("simulator setup", format!("{:.2} s", secs(self.sim_setup)));
+
+        t.section("run 1: full snapshot");
+        t.row("exit code", exit_code(self.first.status));
+        t.row("wall time", format!("{:.2} s", secs(self.first.wall)));
+        t.row("packuments/s", format!("{:.0}", self.packuments_per_sec()));
+        t.row(
+            "MB/s (uncompressed bodies, 10^6 B)",
+            format!("{:.1}", self.mb_per_sec()),
+        );
+        t.row(
+            "index phase done after",
+            self.first
+                .index_done
+                .map_or("n/a".into(), |d| format!("{:.2} s", secs(d))),
+        );
+        t.row(
+            "_all_docs rows/s (index phase, pipelined)",
+            self.rows_per_sec()
+                .map_or("n/a".into(), |r| format!("{r:.0}")),
+        );
+        t.row(
+            "peak RSS coordinator",
+            format!("{:.1} MiB", mib(self.first.peak_rss_kb)),
+        );
+        for (i, kb) in self.fetcher_peak_rss_kb.iter().enumerate() {
+            t.row(
+                &format!("peak RSS fetcher {i} (both runs)"),
+                format!("{:.1} MiB", mib(*kb)),
+            );
+        }
+        t.row(
+            "peak RSS bench (in-process simulator)",
+            format!("{:.1} MiB", mib(self.bench_peak_rss_kb)),
+        );
+        t.stats(&self.first_stats);
+
+        t.section("verification");
+        t.row(
+            "files under data/packuments",
+            format!("{} (expected {})", self.stored_files, self.expected_stored),
+        );
+        t.row(
+            "rows in data/index/*.jsonl",
+            format!("{} (expected {})", self.index_rows, self.packages),
+        );
+        t.row(
+            "spot-checked byte-for-byte",
+            format!(
+                "{} ({} differ)",
+                self.spot_checked,
+                self.spot_mismatches.len()
+            ),
+        );
+
+        t.section("run 2: incremental (same checkpoint)");
+        t.row("exit code", exit_code(self.second.status));
+        t.row("wall time", format!("{:.2} s", secs(self.second.wall)));
+        t.row(
+            "packument requests (must be 0)",
+            self.second_stats.packument_requests,
+        );
+        t.row("_all_docs requests", self.second_stats.all_docs_requests);
+        t.row(
+            "peak RSS coordinator",
+            format!("{:.1} MiB", mib(self.second.peak_rss_kb)),
+        );
+
+        let mut out = t.0;
+        if self.failures.is_empty() {
+            out.push_str("\nresult: all checks passed\n");
+        } else {
+            let _ = writeln!(out, "\nresult: FAILED\n  {}", self.failures.join("\n  "));
+        }
+        if let Some(dir) = &self.workdir {
+            let _ = writeln!(out, "work directory kept: {}", dir.display());
+        }
+        out
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let run = |r: &RunOutcome, s: &StatsSnapshot| {
+            json!({
+                "exit_code": r.status.code(),
+                "wall_seconds": secs(r.wall),
+                "index_done_seconds": r.index_done.map(secs),
+                "rows_indexed": r.rows_indexed,
+                "coordinator_peak_rss_kib": r.peak_rss_kb,
+                "sim": s,
+            })
+        };
+        json!({
+            "arguments": self.args_line,
+            "fetchers": self.fetchers.to_string(),
+            "packages": self.packages,
+            "expected_stored": self.expected_stored,
+            "sim_setup_seconds": secs(self.sim_setup),
+            "packuments_per_second": self.packuments_per_sec(),
+            "mb_per_second": self.mb_per_sec(),
+            "all_docs_rows_per_second": self.rows_per_sec(),
+            "first_run": run(&self.first, &self.first_stats),
+            "incremental_run": run(&self.second, &self.second_stats),
+            "fetcher_peak_rss_kib": self.fetcher_peak_rss_kb,
+            "bench_peak_rss_kib": self.bench_peak_rss_kb,
+            "verification": {
+                "stored_files": self.stored_files,
+                "index_rows": self.index_rows,
+                "spot_checked": self.spot_checked,
+                "spot_mismatches": self.spot_mismatches,
+            },
+            "passed": self.failures.is_empty(),
+            "failures": self.failures,
+            "workdir": self.workdir,
+        })
+    }
+}
+
+/// A plain two-column text table with titled sections.
+struct Table(String);
+
+impl Table {
+    fn new(title: &str) -> Table {
+        Table(format!("{title}\n"))
+    }
+
+    fn section(&mut self, title: &str) {
+        let _ = writeln!(self.0, "\n{title}");
+    }
+
+    fn row(&mut self, label: &str, value: impl std::fmt::Display) {
+        let _ = writeln!(self.0, "  {label:<44} {value}");
+    }
+
+    /// The simulator's counters for a run.
+    fn stats(&mut self, s: &StatsSnapshot) {
+        self.row("sim: _all_docs requests", s.all_docs_requests);
+        self.row("sim: packument requests", s.packument_requests);
+        self.row(
+            "sim: 200 / 304 / 404 / 429",
+            format!(
+                "{} / {} / {} / {}",
+                s.packuments_served, s.not_modified, s.not_found, s.throttled
+            ),
+        );
+        self.row(
+            "sim: body bytes served",
+            format!("{} ({:.1} MB)", s.bytes_sent, s.bytes_sent as f64 / 1e6),
+        );
+    }
+}

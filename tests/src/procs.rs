@@ -1,0 +1,111 @@
+//! Real processes for end-to-end tests: start a binary, learn the address it printed,
+//! and kill it when the test ends.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::Path,
+    process::{Child, ChildStdout, Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// A child process that printed `… listening on ADDR` as its first line of stdout.
+pub struct Listening {
+    pub child: Child,
+    pub addr: String,
+    stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Listening {
+    /// Starts `bin args…` and waits for its `listening on ADDR` line (the process binds
+    /// before it prints, so the address is ready when this returns).
+    pub fn start(bin: &Path, args: &[String], envs: &[(&str, &str)]) -> Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let Some(addr) = line
+            .trim()
+            .rsplit("listening on ")
+            .next()
+            .filter(|_| line.contains("listening on "))
+        else {
+            let _ = child.kill();
+            let status = child.wait()?;
+            bail!(
+                "{} did not say where it listens (exit {status}); first line: {line:?}",
+                bin.display()
+            );
+        };
+        Ok(Self {
+            addr: addr.to_string(),
+            child,
+            stdout: Some(stdout),
+        })
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits for the process to exit; returns its exit code and the rest of its stdout.
+    pub fn wait(mut self) -> Result<(i32, String)> {
+        let mut rest = String::new();
+        if let Some(mut out) = self.stdout.take() {
+            out.read_to_string(&mut rest)?;
+        }
+        let status = self.child.wait()?;
+        Ok((status.code().unwrap_or(-1), rest))
+    }
+
+    /// SIGKILL: the process gets no chance to tidy up.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command to completion, returning (exit code, stdout, stderr).
+pub fn run(bin: &Path, args: &[String], envs: &[(&str, &str)]) -> Result<(i32, String, String)> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Strings from `&str`s, for argument lists.
+pub fn args(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}

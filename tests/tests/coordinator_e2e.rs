@@ -1,0 +1,608 @@
+//! `coordinator` end to end, as real processes: against pouchdb-server holding npm's real
+//! packuments, against the registry simulator, killed with SIGKILL and resumed, with two
+//! remote `fetcher serve` processes, rerun incrementally, and fed bad input.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use alldocs_proto::v1::{
+    coordinator_client::CoordinatorClient, GetProgressRequest, ListPartitionsRequest, Progress,
+    RunState, WatchProgressRequest,
+};
+use alldocs_tests::{
+    fixtures::{self, EDGE_NAMES},
+    pouch::PouchServer,
+    procs::{args, run, Listening},
+    py::{json_u64, reflect_call, workspace_bin},
+    sim::{SimConfig, SimServer},
+    support::{all_docs_unpaged, parse_index},
+};
+
+fn coordinator() -> std::path::PathBuf {
+    workspace_bin("coordinator").expect("the coordinator binary builds")
+}
+
+/// Common options: a private checkpoint and store, a free port, no progress bars; an
+/// option in `extra` replaces the common one of the same name.
+fn job_args(cmd: &str, dir: &Path, origin: &str, extra: &[&str]) -> Vec<String> {
+    let base = args(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        dir.join("alldocs.sqlite").to_str().unwrap(),
+        "--store",
+        dir.join("data").to_str().unwrap(),
+        "--replicate-origin",
+        origin,
+        "--registry",
+        origin,
+        "--rate-limit",
+        "0",
+        "--progress",
+        "none",
+        "--retry-base",
+        "10ms",
+    ]);
+    let mut a = vec![cmd.to_string()];
+    for pair in base.chunks(2) {
+        if !extra.contains(&pair[0].as_str()) {
+            a.extend_from_slice(pair);
+        }
+    }
+    a.extend(args(extra));
+    a
+}
+
+/// Follows WatchProgress until the run is done; returns the last progress.
+async fn wait_done(url: &str) -> anyhow::Result<Progress> {
+    let mut client = CoordinatorClient::connect(url.to_string()).await?;
+    let mut stream = client
+        .watch_progress(WatchProgressRequest { interval_ms: 100 })
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(p) = stream.message().await? {
+        let done = p.state == RunState::Done as i32;
+        last = Some(p);
+        if done {
+            break;
+        }
+    }
+    let last = last.expect("at least one progress message");
+    assert_eq!(
+        last.state,
+        RunState::Done as i32,
+        "WatchProgress ends when the run is done"
+    );
+    Ok(last)
+}
+
+/// Follows WatchProgress until `pred` holds.
+async fn wait_until(url: &str, pred: impl Fn(&Progress) -> bool) -> anyhow::Result<Progress> {
+    let mut client = CoordinatorClient::connect(url.to_string()).await?;
+    let mut stream = client
+        .watch_progress(WatchProgressRequest { interval_ms: 50 })
+        .await?
+        .into_inner();
+    while let Some(p) = stream.message().await? {
+        if pred(&p) {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!("the run ended before the condition held")
+}
+
+/// Every `packuments/**.json` under `data`, by package name.
+fn stored_files(data: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, &format!("{prefix}{name}/"), out);
+            } else if let Some(stem) = name.strip_suffix(".json") {
+                out.insert(format!("{prefix}{stem}"), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(&data.join("packuments"), "", &mut out);
+    out
+}
+
+/// The statuses the checkpoint holds, read straight from the SQLite file.
+fn checkpoint_statuses(db: &Path) -> BTreeMap<String, String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn.prepare("SELECT name, status FROM packages").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Everything the checkpoint holds, as text, for before/after comparisons.
+fn checkpoint_dump(db: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut out = Vec::new();
+    for table in ["meta", "partitions", "packages", "leases"] {
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {table} ORDER BY 1"))
+            .unwrap();
+        let columns = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((0..columns)
+                    .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join("|"))
+            })
+            .unwrap();
+        out.extend(rows.map(|r| format!("{table}: {}", r.unwrap())));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_against_pouchdb_stores_every_real_packument_exactly() -> anyhow::Result<()> {
+    let peer = PouchServer::start().await?;
+    let fx = fixtures::packuments()?;
+    let mut docs = fixtures::as_couch_docs(&fx);
+    docs.extend(EDGE_NAMES.iter().map(|n| fixtures::tiny_doc(n)));
+    peer.load(docs).await?;
+    let truth = all_docs_unpaged(&peer.db_url()).await?;
+
+    let dir = tempfile::tempdir()?;
+    // Pivots equal to existing ids; names before the first pivot and after the last; a
+    // page size of 3 forces paging everywhere.
+    let pivots = "1,@types/node,A,JSONStream,a,left-pad,react,zzz-last";
+    let serve = Listening::start(
+        &coordinator(),
+        &job_args(
+            "serve",
+            dir.path(),
+            &peer.db_url(),
+            &["--pivots", pivots, "--page-size", "3", "--lease-size", "7"],
+        ),
+        &[],
+    )?;
+    let done = wait_done(&serve.url()).await?;
+
+    // Every document is stored byte for byte as the registry serves it.
+    let stored = stored_files(&dir.path().join("data"));
+    assert_eq!(stored.len(), truth.len(), "one object per package");
+    let http = reqwest::Client::new();
+    let mut bytes = 0u64;
+    for (name, _) in &truth {
+        let served = http
+            .get(format!("{}/{}", peer.db_url(), name.replace('/', "%2f")))
+            .header("accept", "application/json")
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        bytes += served.len() as u64;
+        assert!(stored[name] == served, "{name} is stored byte-exact");
+    }
+
+    // The index, read partition by partition in plan order, is `_all_docs` exactly.
+    let mut client = CoordinatorClient::connect(serve.url()).await?;
+    let partitions = client
+        .list_partitions(ListPartitionsRequest {})
+        .await?
+        .into_inner()
+        .partitions;
+    assert_eq!(partitions.len(), 9);
+    let mut index = Vec::new();
+    for p in &partitions {
+        assert_eq!(p.status, "done", "{}", p.name);
+        let path = p.uri.strip_prefix("file://").expect("a file URI");
+        index.extend(parse_index(&std::fs::read(path)?)?);
+    }
+    assert_eq!(
+        index, truth,
+        "the union of index objects is _all_docs, each id once"
+    );
+
+    // GetProgress is exact, read through an independent reflection client (as grpcurl
+    // would), over both reflection versions.
+    let n = truth.len() as u64;
+    for reflection in ["v1", "v1alpha"] {
+        let p = reflect_call(
+            &serve.addr,
+            "alldocs.v1.Coordinator/GetProgress",
+            "{}",
+            reflection,
+        )?;
+        assert_eq!(p["state"], "RUN_STATE_DONE");
+        assert_eq!(json_u64(&p, "partitions_total").ok(), Some(9), "{p}");
+        assert_eq!(json_u64(&p, "partitions_done").ok(), Some(9));
+        assert_eq!(json_u64(&p, "partitions_failed").ok(), Some(0));
+        assert_eq!(json_u64(&p, "rows_indexed").ok(), Some(n));
+        assert_eq!(json_u64(&p, "packuments_total").ok(), Some(n));
+        assert_eq!(json_u64(&p, "packuments_done").ok(), Some(n));
+        assert_eq!(json_u64(&p, "packuments_missing").ok(), Some(0));
+        assert_eq!(json_u64(&p, "packuments_failed").ok(), Some(0));
+        assert_eq!(json_u64(&p, "bytes_stored").ok(), Some(bytes));
+    }
+    assert_eq!(done.packuments_done, n);
+
+    // `coordinator status` tells a person the same.
+    let (code, out, err) = run(
+        &coordinator(),
+        &args(&["status", "--addr", &serve.addr]),
+        &[],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("done") && out.contains(&format!("{n} stored")),
+        "{out}"
+    );
+    let (_, json, _) = run(
+        &coordinator(),
+        &args(&["status", "--addr", &serve.addr, "--json"]),
+        &[],
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&json)?;
+    assert_eq!(json["packuments_done"].as_u64(), Some(n));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_then_resume_finishes_without_refetching() -> anyhow::Result<()> {
+    let sim = SimServer::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            packages: 1500,
+            mean_bytes: 1500,
+            latency_ms: 3,
+            missing_every: 97,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let opts = [
+        "--pivots",
+        "@,A,a,h,p",
+        "--lease-size",
+        "40",
+        "--max-in-flight",
+        "4",
+        "--concurrency",
+        "2",
+        "--page-size",
+        "250",
+    ];
+    let mut first = Listening::start(
+        &coordinator(),
+        &job_args("serve", dir.path(), &sim.url(), &opts),
+        &[],
+    )?;
+    wait_until(&first.url(), |p| p.packuments_done >= 300).await?;
+    first.kill()?; // SIGKILL: no chance to tidy up
+
+    // What the checkpoint had committed when it died.
+    let before = checkpoint_statuses(&dir.path().join("alldocs.sqlite"));
+    let stored_before: Vec<&String> = before
+        .iter()
+        .filter(|(_, s)| *s == "stored")
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        stored_before.len() >= 300,
+        "{} stored before the kill",
+        stored_before.len()
+    );
+    assert!(stored_before.len() < 1500, "killed mid-run");
+
+    let second = Listening::start(
+        &coordinator(),
+        &job_args("serve", dir.path(), &sim.url(), &opts),
+        &[],
+    )?;
+    let p = wait_done(&second.url()).await?;
+    let registry = sim.registry();
+    let missing = registry.names().filter(|n| registry.is_missing(n)).count() as u64;
+    assert_eq!(p.packuments_total, 1500);
+    assert_eq!(p.rows_indexed, 1500);
+    assert_eq!(p.packuments_done, 1500 - missing);
+    assert_eq!(p.packuments_missing, missing);
+    assert_eq!(p.packuments_failed, 0);
+    assert_eq!(p.partitions_done, 6);
+    for name in &stored_before {
+        assert_eq!(
+            sim.requests_for(name),
+            1,
+            "{name} was stored before the kill and not fetched again"
+        );
+    }
+    let files = stored_files(&dir.path().join("data"));
+    assert_eq!(files.len() as u64, 1500 - missing);
+    for (name, bytes) in files.iter().step_by(37) {
+        assert_eq!(
+            Some(bytes.clone()),
+            registry.document(name, false),
+            "{name}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_remote_fetchers_share_the_run() -> anyhow::Result<()> {
+    let sim = SimServer::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            packages: 800,
+            mean_bytes: 3000,
+            prefix: "/registry".into(),
+            missing_every: 40,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let fetcher = workspace_bin("fetcher")?;
+    let f1 = Listening::start(&fetcher, &args(&["serve", "--listen", "127.0.0.1:0"]), &[])?;
+    let f2 = Listening::start(&fetcher, &args(&["serve", "--listen", "127.0.0.1:0"]), &[])?;
+    let dir = tempfile::tempdir()?;
+    let opts = [
+        "--pivots",
+        "@,A,a,m",
+        "--lease-size",
+        "50",
+        "--fetcher",
+        &f1.url(),
+        "--fetcher",
+        &f2.url(),
+    ];
+    let (code, out, err) = run(
+        &coordinator(),
+        &job_args("run", dir.path(), &sim.url(), &opts),
+        &[],
+    )?;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    let registry = sim.registry();
+    let files = stored_files(&dir.path().join("data"));
+    let expected: Vec<&str> = registry
+        .names()
+        .filter(|n| !registry.is_missing(n))
+        .collect();
+    assert_eq!(files.keys().map(String::as_str).collect::<Vec<_>>(), {
+        let mut e = expected.clone();
+        e.sort();
+        e
+    });
+    for (name, bytes) in &files {
+        assert_eq!(
+            Some(bytes.clone()),
+            registry.document(name, false),
+            "{name}"
+        );
+    }
+    // Both fetchers were given leases.
+    let conn = rusqlite::Connection::open(dir.path().join("alldocs.sqlite"))?;
+    let fetchers: Vec<String> = conn
+        .prepare("SELECT DISTINCT fetcher FROM leases ORDER BY fetcher")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut urls = vec![f1.url(), f2.url()];
+    urls.sort();
+    assert_eq!(fetchers, urls);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reruns_fetch_only_what_changed() -> anyhow::Result<()> {
+    let config = SimConfig {
+        packages: 600,
+        mean_bytes: 2000,
+        ..Default::default()
+    };
+    let sim = SimServer::start("127.0.0.1:0".parse()?, config.clone()).await?;
+    let addr = sim.addr();
+    let dir = tempfile::tempdir()?;
+    let opts = ["--pivots", "@,a,n", "--lease-size", "100"];
+    let job = job_args("run", dir.path(), &sim.url(), &opts);
+    let (code, _, err) = run(&coordinator(), &job, &[])?;
+    assert_eq!(code, 0, "{err}");
+    let after_first = sim.stats();
+    assert_eq!(after_first.packument_requests, 600);
+
+    // Unchanged origin: the index is read again, no packument is requested.
+    let (code, out, err) = run(&coordinator(), &job, &[])?;
+    assert_eq!(code, 0, "{err}");
+    let after_second = sim.stats();
+    assert_eq!(
+        after_second.packument_requests, after_first.packument_requests,
+        "no packument refetched"
+    );
+    assert!(
+        after_second.all_docs_requests > after_first.all_docs_requests,
+        "the index was read again"
+    );
+    assert!(out.contains("0 this run"), "{out}");
+
+    // The registry moves on a generation: exactly the changed revisions are fetched.
+    let old = sim.registry().clone();
+    sim.shutdown().await;
+    let sim = SimServer::start(
+        addr,
+        SimConfig {
+            generation: 1,
+            ..config
+        },
+    )
+    .await?;
+    let changed: Vec<&str> = old
+        .names()
+        .filter(|n| old.rev(n) != sim.registry().rev(n))
+        .collect();
+    assert!(!changed.is_empty());
+    let (code, _, err) = run(&coordinator(), &job, &[])?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sim.stats().packument_requests, changed.len() as u64);
+    for name in changed {
+        assert_eq!(
+            sim.requests_for(name),
+            1,
+            "{name} changed and was fetched again"
+        );
+        let stored = std::fs::read(dir.path().join(format!("data/packuments/{name}.json")))?;
+        assert_eq!(Some(stored), sim.registry().document(name, false));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_clearly_and_writes_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let origin = "http://127.0.0.1:9/registry";
+    let cases: &[(&[&str], &str)] = &[
+        (&["--pivots", "a,c,b"], "`b`"),
+        (&["--pivots", "a,b,b"], "strictly increasing"),
+        (
+            &["--store", "ftp://host/x"],
+            "unknown store scheme `ftp://`",
+        ),
+        (&["--replicate-origin", "not a url"], "--replicate-origin"),
+    ];
+    for (extra, expected) in cases {
+        let (code, out, err) = run(
+            &coordinator(),
+            &job_args("run", dir.path(), origin, extra),
+            &[],
+        )?;
+        assert_eq!(code, 2, "{extra:?}: {out}{err}");
+        assert!(
+            err.contains(expected),
+            "{extra:?}: the error names the problem: {err}"
+        );
+        assert!(
+            !dir.path().join("alldocs.sqlite").exists(),
+            "{extra:?}: nothing written"
+        );
+        assert!(
+            !dir.path().join("data").exists(),
+            "{extra:?}: nothing written"
+        );
+    }
+
+    // With no registry configured anywhere, a clear error and nothing written.
+    let home = tempfile::tempdir()?;
+    let mut a = job_args("run", dir.path(), origin, &[]);
+    let at = a.iter().position(|x| x == "--registry").unwrap();
+    a.drain(at..at + 2);
+    let (code, _, err) = run(
+        &coordinator(),
+        &a,
+        &[
+            ("HOME", home.path().to_str().unwrap()),
+            ("PATH", "/nonexistent"),
+            ("npm_config_registry", ""),
+        ],
+    )?;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no npm registry is configured"), "{err}");
+    assert!(!dir.path().join("alldocs.sqlite").exists());
+
+    // A checkpoint made with other settings is refused and left as it was.
+    let sim = SimServer::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            packages: 50,
+            mean_bytes: 500,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let (code, _, err) = run(
+        &coordinator(),
+        &job_args("run", dir.path(), &sim.url(), &["--pivots", "m"]),
+        &[],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let db = dir.path().join("alldocs.sqlite");
+    let before = checkpoint_dump(&db);
+    let (code, _, err) = run(
+        &coordinator(),
+        &job_args("run", dir.path(), &sim.url(), &["--pivots", "n"]),
+        &[],
+    )?;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("was made with --pivots `m`") && err.contains("--db"),
+        "{err}"
+    );
+    assert!(
+        checkpoint_dump(&db) == before,
+        "the checkpoint is untouched"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_reported_and_retry_failed_fetches_them() -> anyhow::Result<()> {
+    // Every packument fails with 503 more often than the retries allow.
+    let sim = SimServer::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            packages: 30,
+            mean_bytes: 500,
+            fail_first: 4,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let opts = ["--pivots", "m", "--max-retries", "1", "--max-attempts", "1"];
+    let serve = Listening::start(
+        &coordinator(),
+        &job_args("serve", dir.path(), &sim.url(), &opts),
+        &[],
+    )?;
+    let p = wait_done(&serve.url()).await?;
+    assert_eq!(p.packuments_failed, 30);
+    let failures = reflect_call(
+        &serve.addr,
+        "alldocs.v1.Coordinator/ListFailures",
+        "{}",
+        "v1",
+    )?;
+    assert_eq!(json_u64(&failures, "total").ok(), Some(30));
+    assert!(
+        failures["failures"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("503"),
+        "{failures}"
+    );
+
+    // Each name has now been asked for twice; two more tries succeed.
+    let retried = reflect_call(
+        &serve.addr,
+        "alldocs.v1.Coordinator/RetryFailed",
+        "{}",
+        "v1",
+    )?;
+    assert_eq!(json_u64(&retried, "packuments").ok(), Some(30));
+    let mut client = CoordinatorClient::connect(serve.url()).await?;
+    let retry_twice = async {
+        for _ in 0..2 {
+            let p = wait_done(&serve.url()).await?;
+            if p.packuments_done == 30 {
+                return anyhow::Ok(p);
+            }
+            client
+                .retry_failed(alldocs_proto::v1::RetryFailedRequest { names: vec![] })
+                .await?;
+        }
+        wait_done(&serve.url()).await
+    };
+    let p = tokio::time::timeout(Duration::from_secs(60), retry_twice).await??;
+    assert_eq!((p.packuments_done, p.packuments_failed), (30, 0));
+    let p = client
+        .get_progress(GetProgressRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(p.packuments_done, 30);
+    Ok(())
+}

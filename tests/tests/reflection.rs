@@ -1,0 +1,287 @@
+//! The independent reflection client (`tests/py/grpc_reflect.py`, a tiny grpcurl) against
+//! real servers: it finds services and messages through reflection v1 and v1alpha alone,
+//! and reads the coordinator's progress with the field names of the contract.
+
+use std::{collections::BTreeSet, process::Command, time::Duration};
+
+use alldocs_fetcher::npmrc::Credentials;
+use alldocs_tests::{
+    py::{
+        json_u64, python_env, reflect_call, reflect_list, reflect_stream, workspace_bin, Spawned,
+    },
+    sim::{SimConfig, SimServer},
+    support::FetcherServer,
+};
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+
+const VERSIONS: [&str; 2] = ["v1", "v1alpha"];
+
+/// Every field of `alldocs.v1.Progress`, by its proto name.
+const PROGRESS_FIELDS: [&str; 18] = [
+    "state",
+    "partitions_total",
+    "partitions_done",
+    "partitions_failed",
+    "rows_indexed",
+    "packuments_total",
+    "packuments_done",
+    "packuments_missing",
+    "packuments_failed",
+    "bytes_stored",
+    "packuments_pending",
+    "leases_in_flight",
+    "packuments_per_second",
+    "rows_per_second",
+    "bytes_per_second",
+    "eta_seconds",
+    "elapsed_ms",
+    "packuments_fetched_this_run",
+];
+
+/// Runs blocking work (the client is a subprocess) off the runtime's worker threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetcher_reflection_v1_and_v1alpha_list_services_and_health_serves() -> Result<()> {
+    let server = FetcherServer::start(Credentials::new()).await?;
+    let addr = server.addr.to_string();
+    blocking(move || {
+        for version in VERSIONS {
+            let services = reflect_list(&addr, version)?;
+            for expected in [
+                "alldocs.v1.Fetcher",
+                "grpc.health.v1.Health",
+                &format!("grpc.reflection.{version}.ServerReflection"),
+            ] {
+                ensure!(
+                    services.iter().any(|s| s == expected),
+                    "reflection {version} lists {services:?}, without {expected}"
+                );
+            }
+            let health = reflect_call(&addr, "grpc.health.v1.Health/Check", "{}", version)?;
+            ensure!(
+                health == serde_json::json!({"status": "SERVING"}),
+                "health through {version}: {health}"
+            );
+            let fetcher = reflect_call(
+                &addr,
+                "grpc.health.v1.Health/Check",
+                r#"{"service": "alldocs.v1.Fetcher"}"#,
+                version,
+            )?;
+            ensure!(fetcher["status"] == "SERVING", "Fetcher health: {fetcher}");
+        }
+        Ok(())
+    })
+    .await?;
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_fails_clearly_on_unknown_services_methods_and_bad_requests() -> Result<()> {
+    let server = FetcherServer::start(Credentials::new()).await?;
+    let addr = server.addr.to_string();
+    blocking(move || {
+        let cases = [
+            (
+                "alldocs.v1.Nope/Fetch",
+                "{}",
+                "service `alldocs.v1.Nope` is not served",
+            ),
+            ("alldocs.v1.Fetcher/Nope", "{}", "has no method `Nope`"),
+            (
+                "grpc.health.v1.Health/Check",
+                r#"{"no_such_field": 1}"#,
+                "not a valid grpc.health.v1.HealthCheckRequest",
+            ),
+            (
+                "grpc.health.v1.Health/Check",
+                r#"{"service": "unknown.Service"}"#,
+                "NOT_FOUND",
+            ),
+        ];
+        for (method, request, expected) in cases {
+            let err = reflect_call(&addr, method, request, "v1")
+                .err()
+                .with_context(|| format!("{method} {request} should fail"))?;
+            let msg = format!("{err:#}");
+            ensure!(msg.contains(expected), "{method} {request}: {msg}");
+        }
+        // Nothing listening: a clear failure, not a hang.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .to_string();
+        let err = reflect_list(&closed, "v1")
+            .err()
+            .context("listing a closed port should fail")?;
+        ensure!(format!("{err:#}").contains("UNAVAILABLE"), "{err:#}");
+        Ok(())
+    })
+    .await?;
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_progress_through_reflection_only() -> Result<()> {
+    // Build the binary and prepare Python at the same time.
+    let bin = tokio::task::spawn_blocking(|| workspace_bin("coordinator"));
+    let python = tokio::task::spawn_blocking(python_env);
+    let sim = SimServer::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            packages: 200,
+            mean_bytes: 2000,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let (bin, _) = (bin.await??, python.await??);
+    let tmp = tempfile::tempdir()?;
+    let mut cmd = Command::new(&bin);
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--db")
+        .arg(tmp.path().join("db.sqlite"))
+        .arg("--store")
+        .arg(tmp.path().join("data"))
+        .args(["--replicate-origin", &sim.url(), "--registry", &sim.url()])
+        .args([
+            "--rate-limit",
+            "0",
+            "--pivots",
+            "@,A,a,m",
+            "--progress",
+            "none",
+        ])
+        .current_dir(tmp.path())
+        .env("NO_COLOR", "1");
+    // Nothing from the environment may reconfigure the run.
+    for (key, _) in std::env::vars_os() {
+        let key_str = key.to_string_lossy();
+        if key_str.starts_with("ALLDOCS_") || key_str == "NPM_TOKEN" {
+            cmd.env_remove(&key);
+        }
+    }
+    let mut coordinator = Spawned::start(&mut cmd)?;
+    let first = blocking_line(&mut coordinator).await?;
+    let addr = first
+        .strip_prefix("coordinator listening on ")
+        .with_context(|| format!("the coordinator's first line: {first:?}"))?
+        .trim()
+        .to_string();
+
+    let result = check_progress(&addr, &sim).await;
+    ensure!(
+        coordinator.is_running(),
+        "`coordinator serve` must stay up when done; stderr:\n{}",
+        coordinator.stderr_tail(4000)
+    );
+    let stderr = coordinator.stderr_tail(4000);
+    coordinator.kill();
+    sim.shutdown().await;
+    result.with_context(|| format!("coordinator stderr (tail):\n{stderr}"))
+}
+
+async fn blocking_line(child: &mut Spawned) -> Result<String> {
+    // Start-up binds before it prints; allow for a slow machine.
+    tokio::task::block_in_place(|| child.next_line(Duration::from_secs(60)))
+}
+
+async fn check_progress(addr: &str, sim: &SimServer) -> Result<()> {
+    // The server's own stream: a Progress now, then every interval until done (and once
+    // more when it is), so it ends by itself; the limit bounds a stuck run.
+    let watched = {
+        let addr = addr.to_string();
+        blocking(move || {
+            reflect_stream(
+                &addr,
+                "alldocs.v1.Coordinator/WatchProgress",
+                r#"{"interval_ms": 50}"#,
+                "v1alpha",
+                None,
+                Duration::from_secs(120),
+            )
+        })
+        .await?
+    };
+    let last = watched.last().context("WatchProgress sent nothing")?;
+    ensure!(
+        last["state"] == "RUN_STATE_DONE",
+        "WatchProgress ended before done: {last}"
+    );
+    let done_at = watched.iter().position(|p| p["state"] == "RUN_STATE_DONE");
+    ensure!(
+        done_at == Some(watched.len() - 1),
+        "WatchProgress went on after done: {watched:?}"
+    );
+    for pair in watched.windows(2) {
+        for field in [
+            "rows_indexed",
+            "packuments_done",
+            "partitions_done",
+            "bytes_stored",
+        ] {
+            ensure!(
+                json_u64(&pair[0], field)? <= json_u64(&pair[1], field)?,
+                "{field} went down: {} then {}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+
+    let registry = sim.registry().clone();
+    let expected_bytes: u64 = registry
+        .names()
+        .map(|name| registry.document_len(name, false).map(|n| n as u64))
+        .sum::<Option<u64>>()
+        .context("every listed package has a document")?;
+    for version in VERSIONS {
+        let addr = addr.to_string();
+        let p = blocking(move || {
+            reflect_call(&addr, "alldocs.v1.Coordinator/GetProgress", "{}", version)
+        })
+        .await?;
+        let fields: BTreeSet<&str> = p
+            .as_object()
+            .context("Progress is a JSON object")?
+            .keys()
+            .map(String::as_str)
+            .collect();
+        ensure!(
+            fields == PROGRESS_FIELDS.into_iter().collect(),
+            "Progress through {version} has fields {fields:?}, the contract {PROGRESS_FIELDS:?}"
+        );
+        ensure!(p["state"] == "RUN_STATE_DONE", "{version}: {p}");
+        let n = |field: &str| json_u64(&p, field);
+        for (field, want) in [
+            ("partitions_total", 5),
+            ("partitions_done", 5),
+            ("partitions_failed", 0),
+            ("rows_indexed", 200),
+            ("packuments_total", 200),
+            ("packuments_done", 200),
+            ("packuments_missing", 0),
+            ("packuments_failed", 0),
+            ("packuments_pending", 0),
+            ("leases_in_flight", 0),
+            ("bytes_stored", expected_bytes),
+        ] {
+            ensure!(
+                n(field)? == want,
+                "{version}: {field} is {}, not {want}: {p}",
+                n(field)?
+            );
+        }
+        let last_value: &Value = last;
+        ensure!(
+            json_u64(last_value, "bytes_stored")? == expected_bytes,
+            "the stream's last Progress disagrees: {last_value}"
+        );
+    }
+    Ok(())
+}
