@@ -758,3 +758,217 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default()
         .as_millis() as i64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alldocs_proto::v1::{IndexDone, IndexRow, IndexRows, ItemFailed, PackumentStored};
+
+    fn identity(store: &str) -> RunIdentity {
+        RunIdentity {
+            replicate_origin: "http://127.0.0.1:1/db".into(),
+            registry: "http://127.0.0.1:1/db".into(),
+            store: store.into(),
+            pivots: vec!["m".into()],
+            accept: "full".into(),
+        }
+    }
+
+    fn plan() -> Vec<Partition> {
+        crate::plan::partitions(&["m".to_string()])
+    }
+
+    fn rows(partition: &str, rows: &[(&str, &str)]) -> Event {
+        Event::IndexRows(IndexRows {
+            partition: partition.into(),
+            rows: rows
+                .iter()
+                .map(|(id, rev)| IndexRow {
+                    id: id.to_string(),
+                    rev: rev.to_string(),
+                })
+                .collect(),
+        })
+    }
+
+    fn done(partition: &str, n: u64) -> Event {
+        Event::IndexDone(IndexDone {
+            partition: partition.into(),
+            rows: n,
+            ..Default::default()
+        })
+    }
+
+    fn stored(name: &str, rev: &str) -> Event {
+        Event::Stored(PackumentStored {
+            name: name.into(),
+            rev: rev.into(),
+            uri: format!("memory://x/packuments/{name}.json"),
+            bytes: 10,
+            ..Default::default()
+        })
+    }
+
+    /// Indexes both partitions of the plan with the given rows (all in the first).
+    async fn index(ck: &Checkpoint, names: &[(&'static str, &'static str)]) {
+        let names = names.to_vec();
+        ck.call(move |db| {
+            for _ in 0..2 {
+                let token = db.next_token()?;
+                let p = db.lease_partition(token)?.expect("a pending partition");
+                let these: Vec<_> = names
+                    .iter()
+                    .copied()
+                    .filter(|(n, _)| {
+                        alldocs_fetcher::keys::in_range(n, p.start.as_deref(), p.end.as_deref())
+                    })
+                    .collect();
+                db.apply(
+                    token,
+                    &[rows(&p.name, &these), done(&p.name, these.len() as u64)],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn events_of_a_superseded_lease_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ck, _) =
+            Checkpoint::open(&dir.path().join("c.sqlite"), &identity("s"), &plan(), 3).unwrap();
+        index(&ck, &[("a", "1-a"), ("b", "1-b")]).await;
+        let counts = ck
+            .call(|db| {
+                let old = db.next_token()?;
+                assert_eq!(db.lease_packuments(old, 10)?.len(), 2);
+                // The old lease's stream broke: its work goes back and is leased anew.
+                assert_eq!(db.end_lease(old, "stream broke")?, 2);
+                let new = db.next_token()?;
+                assert_eq!(db.lease_packuments(new, 10)?.len(), 2);
+                // The stale fetcher's late events are ignored...
+                assert_eq!(db.apply(old, &[stored("a", "1-a"), stored("b", "1-b")])?, 0);
+                // ...the current attempt's are not.
+                assert_eq!(db.apply(new, &[stored("a", "1-a")])?, 1);
+                db.counts_now()
+            })
+            .await
+            .unwrap();
+        assert_eq!((counts.packuments_done, counts.packuments_leased), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn unfinished_work_fails_after_the_attempt_limit_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ck, _) =
+            Checkpoint::open(&dir.path().join("c.sqlite"), &identity("s"), &plan(), 2).unwrap();
+        index(&ck, &[("a", "1-a"), ("b", "1-b")]).await;
+        let (counts, failures) = ck
+            .call(|db| {
+                for _ in 0..2 {
+                    let t = db.next_token()?;
+                    db.lease_packuments(t, 1)?; // "a" first
+                    db.end_lease(t, "lease deadline passed")?;
+                }
+                // A non-retryable failure fails at once.
+                let t = db.next_token()?;
+                assert_eq!(
+                    db.lease_packuments(t, 10)?,
+                    vec![("b".to_string(), "1-b".to_string())]
+                );
+                db.apply(
+                    t,
+                    &[Event::Failed(ItemFailed {
+                        name: "b".into(),
+                        reason: "HTTP 401".into(),
+                        retryable: false,
+                        http_status: 401,
+                    })],
+                )?;
+                Ok((db.counts_now()?, db.list_failures(0)?))
+            })
+            .await
+            .unwrap();
+        assert!(counts.is_done());
+        assert_eq!(counts.packuments_failed, 2);
+        let reasons: Vec<_> = failures
+            .0
+            .iter()
+            .map(|f| (f.name.as_str(), f.reason.as_str(), f.attempts))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![("a", "lease deadline passed", 2), ("b", "HTTP 401", 1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_finished_run_is_followed_by_an_incremental_one_and_an_unfinished_one_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let (ck, opened) = Checkpoint::open(&path, &identity("s"), &plan(), 3).unwrap();
+        assert_eq!((opened.run, opened.resumed), (1, false));
+        index(&ck, &[("a", "1-a"), ("b", "1-b")]).await;
+        ck.call(|db| {
+            let t = db.next_token()?;
+            db.lease_packuments(t, 10)?;
+            db.apply(t, &[stored("a", "1-a"), stored("b", "1-b")])?;
+            db.end_lease(t, "finished")?;
+            assert!(!db.has_open_work()?);
+            db.set_run_complete(true)
+        })
+        .await
+        .unwrap();
+        drop(ck);
+
+        // A new run: "a" is unchanged, "b" has a new revision, "c" is new.
+        let (ck, opened) = Checkpoint::open(&path, &identity("s"), &plan(), 3).unwrap();
+        assert_eq!((opened.run, opened.resumed), (2, false));
+        index(&ck, &[("a", "1-a"), ("b", "2-b"), ("c", "1-c")]).await;
+        let pending = ck
+            .call(|db| {
+                let t = db.next_token()?;
+                db.lease_packuments(t, 10)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            pending,
+            vec![
+                ("b".to_string(), "2-b".to_string()),
+                ("c".to_string(), "1-c".to_string())
+            ]
+        );
+        drop(ck);
+
+        // Killed mid-run: the next start resumes run 2 and hands the leased work out again.
+        let (ck, opened) = Checkpoint::open(&path, &identity("s"), &plan(), 3).unwrap();
+        assert_eq!((opened.run, opened.resumed), (2, true));
+        let counts = ck.call(|db| db.counts_now()).await.unwrap();
+        assert_eq!(
+            (
+                counts.packuments_done,
+                counts.packuments_pending,
+                counts.partitions_done
+            ),
+            (1, 2, 2)
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_configuration_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        drop(Checkpoint::open(&path, &identity("a"), &plan(), 3).unwrap());
+        let Err(err) = Checkpoint::open(&path, &identity("b"), &plan(), 3) else {
+            panic!("a different --store must be refused");
+        };
+        let msg = err.to_string();
+        assert!(
+            msg.contains("--store `a`") && msg.contains("`b`") && msg.contains("new --db"),
+            "{msg}"
+        );
+    }
+}

@@ -717,6 +717,44 @@ async fn a_lease_ends_at_its_deadline_with_its_unfinished_work_counted() -> anyh
     fetcher.shutdown().await
 }
 
+/// On Cloud Run a stopping fetcher gets SIGTERM and 10 s: told to stop, it ends every
+/// running lease's stream at once with a summary counting the work not done (not as a
+/// deadline), so the coordinator hands that work out again right away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_fetcher_ends_its_leases_cleanly() -> anyhow::Result<()> {
+    let sim = sim(SimConfig {
+        latency_ms: 50,
+        ..small(300)
+    })
+    .await?;
+    let fetcher = FetcherServer::start(Credentials::new()).await?;
+    let mut lease = packument_lease(&sim.url(), &memory_store("stop"), &listing(&sim));
+    lease.concurrency = 2;
+    let mut client = fetcher.client().await?;
+    let mut stream = client.fetch(lease).await?.into_inner();
+    // Wait until the lease is under way, then stop the fetcher.
+    let first = stream.message().await?.and_then(|e| e.event);
+    assert!(matches!(first, Some(Event::Stored(_))), "{first:?}");
+    fetcher.service.stop();
+    let mut events = vec![first.unwrap()];
+    let rest = tokio::time::timeout(PATIENCE, async {
+        let mut rest = Vec::new();
+        while let Some(ev) = stream.message().await? {
+            rest.extend(ev.event);
+        }
+        anyhow::Ok(rest)
+    })
+    .await
+    .expect("the stream ends soon after stop")?;
+    events.extend(rest);
+    let summary = summary(&events);
+    assert!(!summary.deadline_exceeded, "{summary:?}");
+    assert!(summary.unfinished > 0, "{summary:?}");
+    assert_eq!(summary.stored, stored(&events).len() as u64);
+    assert_eq!(summary.stored + summary.unfinished, 300, "{summary:?}");
+    fetcher.shutdown().await
+}
+
 // ---------------------------------------------------------------------------------------
 // 7. Invalid leases.
 
