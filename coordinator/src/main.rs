@@ -314,6 +314,10 @@ async fn job(args: JobArgs, stay: bool) -> anyhow::Result<ExitCode> {
     };
     display.abort();
     let Some(_) = outcome else {
+        if service.progress().await.is_ok_and(|p| p.state == RunState::Done as i32) {
+            eprintln!("stopped; the run was complete");
+            return Ok(ExitCode::SUCCESS);
+        }
         for f in &fetchers {
             if let FetcherHandle::Local(svc) = f {
                 svc.stop();

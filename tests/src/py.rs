@@ -37,8 +37,9 @@ pub fn script() -> PathBuf {
 }
 
 /// The python executable of an environment with the packages of `tests/py/requirements.txt`:
-/// `$ALLDOCS_PYTHON` if set, else the venv `tests/py/.venv` (created and installed on first
-/// use, under the file lock `tests/py/.install.lock`).
+/// `$ALLDOCS_PYTHON` if set, else the venv `tests/py/.venv` (or `$ALLDOCS_PY_VENV`), created
+/// and installed on first use under the file lock `tests/py/.install.lock`, and reinstalled
+/// when its packages are not the pinned versions.
 pub fn python_env() -> Result<PathBuf> {
     static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     PYTHON
@@ -87,7 +88,8 @@ fn has_packages(python: &Path, exact: bool) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{}{}",
+            "{} {}{}",
+            out.status,
             String::from_utf8_lossy(&out.stdout).trim(),
             String::from_utf8_lossy(&out.stderr).trim()
         ))
@@ -114,7 +116,9 @@ fn prepare_python() -> Result<PathBuf> {
         return Ok(python);
     }
     let dir = py_dir();
-    let venv = dir.join(".venv");
+    let venv = std::env::var_os("ALLDOCS_PY_VENV")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| dir.join(".venv"), PathBuf::from);
     let python = venv_python(&venv);
     if python.exists() && has_packages(&python, true).is_ok() {
         return Ok(python);
@@ -130,7 +134,10 @@ fn prepare_python() -> Result<PathBuf> {
         let bootstrap = std::env::var_os("PYTHON3").unwrap_or_else(|| "python3".into());
         run_quietly(
             Command::new(&bootstrap).args([OsStr::new("-m"), OsStr::new("venv"), venv.as_os_str()]),
-            "creating the venv tests/py/.venv (is python3 with the venv module installed?)",
+            &format!(
+                "creating the venv {} (is python3 with the venv module installed?)",
+                venv.display()
+            ),
         )?;
     }
     run_quietly(
@@ -145,7 +152,10 @@ fn prepare_python() -> Result<PathBuf> {
                 "-r",
             ])
             .arg(dir.join("requirements.txt")),
-        "installing tests/py/requirements.txt into tests/py/.venv",
+        &format!(
+            "installing tests/py/requirements.txt into {}",
+            venv.display()
+        ),
     )?;
     has_packages(&python, true).map_err(|e| {
         anyhow!(
@@ -157,10 +167,12 @@ fn prepare_python() -> Result<PathBuf> {
 }
 
 fn run_quietly(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| {
+        format!(
+            "{what}: cannot start {}",
+            Path::new(cmd.get_program()).display()
+        )
+    })?;
     if !out.status.success() {
         bail!(
             "{what} failed ({}):\n{}{}",
@@ -372,6 +384,27 @@ fn build_bin(name: &str) -> Result<PathBuf> {
     }
     if let Some(triple) = &triple {
         cmd.args(["--target", triple]);
+    }
+    // Cargo gives the test process its package's variables. Build scripts that watch one
+    // (ring's `rerun-if-env-changed=CARGO_MANIFEST_DIR`) would see a change and rebuild
+    // everything above them here, and again in the next plain `cargo build`.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || matches!(
+                k.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            )
+        {
+            cmd.env_remove(&key);
+        }
     }
     let lock_path = profile_dir.join(".alldocs-workspace-bin.lock");
     let lock =

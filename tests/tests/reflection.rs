@@ -49,6 +49,7 @@ async fn fetcher_reflection_v1_and_v1alpha_list_services_and_health_serves() -> 
     let server = FetcherServer::start(Credentials::new()).await?;
     let addr = server.addr.to_string();
     blocking(move || {
+        python_env()?;
         for version in VERSIONS {
             let services = reflect_list(&addr, version)?;
             for expected in [
@@ -85,6 +86,7 @@ async fn client_fails_clearly_on_unknown_services_methods_and_bad_requests() -> 
     let server = FetcherServer::start(Credentials::new()).await?;
     let addr = server.addr.to_string();
     blocking(move || {
+        python_env()?;
         let cases = [
             (
                 "alldocs.v1.Nope/Fetch",

@@ -16,7 +16,8 @@
 //! ```
 //!
 //! Nothing leaves 127.0.0.1: every server the children talk to is one this process started.
-//! Exit code: 0 when every check passed, 1 when one failed, 2 on a setup error.
+//! Exit code: 0 when every check passed, 1 when one failed, 2 on a setup error. The work
+//! directory (checkpoint, store, logs) is removed after a clean pass and kept otherwise.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -82,7 +83,7 @@ struct Args {
     /// Kill a coordinator run that takes longer than this many seconds.
     #[arg(long, default_value_t = 1800)]
     timeout_secs: u64,
-    /// Keep the work directory (checkpoint, store, logs) instead of deleting it.
+    /// Keep the work directory (checkpoint, store, logs) even when every check passed.
     #[arg(long)]
     keep: bool,
 }
@@ -189,16 +190,19 @@ async fn bench(args: &Args) -> Result<Report> {
     let missing = registry.names().filter(|n| registry.is_missing(n)).count();
     let expected_stored = registry.len() - missing;
 
+    // Kept on any error or failed check (it holds the logs); removed when all is well.
     let workdir = tempfile::Builder::new()
         .prefix("alldocs-bench-")
-        .tempdir()?;
-    let db = workdir.path().join("alldocs.sqlite");
-    let store = workdir.path().join("data");
+        .tempdir()?
+        .keep();
+    eprintln!("bench: work directory {}", workdir.display());
+    let db = workdir.join("alldocs.sqlite");
+    let store = workdir.join("data");
 
     let mut fetchers = Vec::new();
     if let Fetchers::Remote(n) = args.fetchers {
         for i in 0..n {
-            let log = workdir.path().join(format!("fetcher-{i}.log"));
+            let log = workdir.join(format!("fetcher-{i}.log"));
             fetchers.push(FetcherProcess::start(&bins.fetcher, &log).await?);
         }
         eprintln!(
@@ -251,7 +255,7 @@ async fn bench(args: &Args) -> Result<Report> {
         &bins.coordinator,
         &coordinator_args,
         &env,
-        &workdir.path().join("coordinator-1.log"),
+        &workdir.join("coordinator-1.log"),
         timeout,
     )
     .await?;
@@ -269,7 +273,7 @@ async fn bench(args: &Args) -> Result<Report> {
         &bins.coordinator,
         &coordinator_args,
         &env,
-        &workdir.path().join("coordinator-2.log"),
+        &workdir.join("coordinator-2.log"),
         timeout,
     )
     .await?;
@@ -333,10 +337,11 @@ async fn bench(args: &Args) -> Result<Report> {
     }
 
     let workdir = if args.keep || !failures.is_empty() {
-        let path = workdir.keep();
-        eprintln!("bench: kept the work directory {}", path.display());
-        Some(path)
+        eprintln!("bench: kept the work directory {}", workdir.display());
+        Some(workdir)
     } else {
+        std::fs::remove_dir_all(&workdir)
+            .with_context(|| format!("removing {}", workdir.display()))?;
         None
     };
     Ok(Report {
