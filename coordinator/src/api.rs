@@ -21,7 +21,8 @@ use crate::{
 pub struct CoordinatorService {
     pub checkpoint: Checkpoint,
     pub stats: Arc<Stats>,
-    pub wake: Arc<Notify>,
+    /// Told when RetryFailed put work back, so a finished `serve` runs again.
+    pub retried: Arc<Notify>,
     pub state: watch::Receiver<RunState>,
 }
 
@@ -170,7 +171,7 @@ impl Coordinator for CoordinatorService {
             .await
             .map_err(internal)?;
         if partitions + packuments > 0 {
-            self.wake.notify_one();
+            self.retried.notify_one();
         }
         Ok(Response::new(RetryFailedResponse {
             partitions,

@@ -15,7 +15,7 @@ use alldocs_proto::v1::{
     PackumentWork, RunState,
 };
 use futures::{FutureExt, StreamExt};
-use tokio::{sync::Notify, task::JoinSet};
+use tokio::task::JoinSet;
 
 use crate::{
     checkpoint::{now_ms, Checkpoint, CheckpointError, Counts, Work},
@@ -108,16 +108,18 @@ pub struct Scheduler {
     pub fetchers: Vec<FetcherHandle>,
     pub settings: Settings,
     pub stats: Arc<Stats>,
-    /// Woken by RetryFailed (and lease ends) to look for work again.
-    pub wake: Arc<Notify>,
     pub state: tokio::sync::watch::Sender<RunState>,
 }
 
 impl Scheduler {
-    /// Leases until nothing is pending or leased. With `stay`, waits for more work
-    /// (RetryFailed) afterwards instead of returning.
-    pub async fn run(self: Arc<Self>, stay: bool) -> Result<Counts, CheckpointError> {
-        *self.stats.started.lock().expect("started") = Some(Instant::now());
+    /// Leases until nothing is pending or leased, marks the run complete, and returns the
+    /// final counts.
+    pub async fn run(self: Arc<Self>) -> Result<Counts, CheckpointError> {
+        self.stats
+            .started
+            .lock()
+            .expect("started")
+            .get_or_insert_with(Instant::now);
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut next_fetcher = 0usize;
         let index_running = Arc::new(AtomicUsize::new(0));
@@ -131,7 +133,8 @@ impl Scheduler {
                     break;
                 };
                 next_fetcher += 1;
-                if matches!(work, Work::Index(_)) {
+                let is_index = matches!(work, Work::Index(_));
+                if is_index {
                     index_running.fetch_add(1, Ordering::Relaxed);
                 }
                 let this = self.clone();
@@ -139,7 +142,6 @@ impl Scheduler {
                 self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
                 self.stats.leases.fetch_add(1, Ordering::Relaxed);
                 tasks.spawn(async move {
-                    let is_index = matches!(work, Work::Index(_));
                     this.run_lease(fetcher, token, work).await;
                     if is_index {
                         index_running.fetch_sub(1, Ordering::Relaxed);
@@ -157,19 +159,13 @@ impl Scheduler {
                 RunState::Done
             });
             if tasks.is_empty() && !open {
-                let counts = self
+                return self
                     .checkpoint
                     .call(|db| {
                         db.set_run_complete(true)?;
                         db.counts_now()
                     })
-                    .await?;
-                if !stay {
-                    return Ok(counts);
-                }
-                // RetryFailed marks the run open again and wakes us.
-                self.wake.notified().await;
-                continue;
+                    .await;
             }
             tokio::select! {
                 joined = tasks.join_next(), if !tasks.is_empty() => {
@@ -177,10 +173,9 @@ impl Scheduler {
                         tracing::error!(error = %e, "a lease task panicked");
                     }
                 }
-                _ = self.wake.notified() => {}
-                // Pending packuments whose partitions are still indexing become leasable
-                // when those leases end, which also ends a task above; this is a backstop.
-                _ = tokio::time::sleep(Duration::from_secs(5)), if tasks.is_empty() => {}
+                // Open work but nothing leasable and nothing in flight cannot last (a
+                // partition is pending, so it is leasable); look again shortly regardless.
+                _ = tokio::time::sleep(Duration::from_secs(1)), if tasks.is_empty() => {}
             }
         }
     }
@@ -284,7 +279,6 @@ impl Scheduler {
             }
             Err(e) => tracing::error!(token, error = %e, "could not end a lease in the checkpoint"),
         }
-        self.wake.notify_one();
     }
 
     /// Streams a lease's events into the checkpoint, in batches of what has arrived.

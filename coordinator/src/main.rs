@@ -264,12 +264,12 @@ async fn job(args: JobArgs, stay: bool) -> anyhow::Result<ExitCode> {
     );
 
     let stats = Arc::new(Stats::default());
-    let wake = Arc::new(Notify::new());
+    let retried = Arc::new(Notify::new());
     let (state_tx, state_rx) = watch::channel(RunState::Planning);
     let service = CoordinatorService {
         checkpoint: checkpoint.clone(),
         stats: stats.clone(),
-        wake: wake.clone(),
+        retried: retried.clone(),
         state: state_rx,
     };
     let (refl_v1, refl_v1alpha) = grpc::reflection();
@@ -280,12 +280,7 @@ async fn job(args: JobArgs, stay: bool) -> anyhow::Result<ExitCode> {
         .add_service(refl_v1alpha)
         .add_service(CoordinatorServer::new(service.clone()))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
-    let server = tokio::spawn(server);
-    let display = tokio::spawn(display::show(
-        service.clone(),
-        args.progress,
-        args.progress_interval,
-    ));
+    let mut server = tokio::spawn(server);
 
     let scheduler = Arc::new(Scheduler {
         checkpoint: checkpoint.clone(),
@@ -305,31 +300,64 @@ async fn job(args: JobArgs, stay: bool) -> anyhow::Result<ExitCode> {
             retry_base_ms: args.retry_base.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
         },
         stats: stats.clone(),
-        wake,
         state: state_tx,
     });
-    let outcome = tokio::select! {
-        result = scheduler.run(stay) => Some(result?),
-        _ = shutdown_signal() => None,
-    };
-    display.abort();
-    let Some(_) = outcome else {
-        if service.progress().await.is_ok_and(|p| p.state == RunState::Done as i32) {
-            eprintln!("stopped; the run was complete");
-            return Ok(ExitCode::SUCCESS);
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let display = tokio::spawn(display::show(
+            service.clone(),
+            args.progress,
+            args.progress_interval,
+        ));
+        let outcome = tokio::select! {
+            result = scheduler.clone().run() => Some(result?),
+            _ = &mut stop => None,
+        };
+        display.abort();
+        if outcome.is_none() {
+            for f in &fetchers {
+                if let FetcherHandle::Local(svc) = f {
+                    svc.stop();
+                }
+            }
+            eprintln!(
+                "interrupted: the checkpoint {} keeps everything finished so far; run the same command again to carry on",
+                args.db.display()
+            );
+            return Ok(ExitCode::from(130));
         }
-        for f in &fetchers {
-            if let FetcherHandle::Local(svc) = f {
-                svc.stop();
+        let failed = summarize(&service, &checkpoint, &args, local).await?;
+        if !stay {
+            server.abort();
+            return Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        // `serve` stays up: for watching, and to run again when RetryFailed puts work back.
+        tokio::select! {
+            _ = retried.notified() => tracing::info!("failures put back by RetryFailed; running again"),
+            _ = &mut stop => {
+                eprintln!("stopped; the run was complete");
+                return Ok(ExitCode::SUCCESS);
+            }
+            r = &mut server => {
+                r??;
+                return Ok(ExitCode::SUCCESS);
             }
         }
-        eprintln!(
-            "interrupted: the checkpoint {} keeps everything finished so far; run the same command again to carry on",
-            args.db.display()
-        );
-        return Ok(ExitCode::from(130));
-    };
-    // The run is done: say what happened, then exit (run) or keep serving (serve).
+    }
+}
+
+/// Prints the end-of-run summary to stdout; returns how many items failed.
+async fn summarize(
+    service: &CoordinatorService,
+    checkpoint: &Checkpoint,
+    args: &JobArgs,
+    local: SocketAddr,
+) -> anyhow::Result<u64> {
     let progress = service.progress().await?;
     println!("\n{}", display::table(&progress));
     let failed = progress.partitions_failed + progress.packuments_failed;
@@ -347,19 +375,7 @@ async fn job(args: JobArgs, stay: bool) -> anyhow::Result<ExitCode> {
         );
     }
     println!("store: {}   checkpoint: {}", args.store, args.db.display());
-    if stay {
-        tokio::select! {
-            r = server => { r??; }
-            _ = shutdown_signal() => {}
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    server.abort();
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(failed)
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {

@@ -604,5 +604,29 @@ async fn failures_are_reported_and_retry_failed_fetches_them() -> anyhow::Result
         .await?
         .into_inner();
     assert_eq!(p.packuments_done, 30);
+
+    // `run` with failures exits 1 and its summary says what failed and how to retry.
+    let sim = SimServer::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            packages: 12,
+            mean_bytes: 500,
+            fail_first: 4,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let (code, out, _) = run(
+        &coordinator(),
+        &job_args("run", dir.path(), &sim.url(), &opts),
+        &[],
+    )?;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("12 failed"), "{out}");
+    assert!(
+        out.contains("HTTP 503") && out.contains("RetryFailed"),
+        "{out}"
+    );
     Ok(())
 }
