@@ -38,15 +38,8 @@ use crate::{
     about = "alldocs: a complete, verifiable, resumable snapshot of the npm registry"
 )]
 struct Cli {
-    /// Log format (logs go to stderr).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value_t,
-        env = "ALLDOCS_LOG_FORMAT"
-    )]
-    log_format: telemetry::LogFormat,
+    #[command(flatten)]
+    log: telemetry::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -165,7 +158,7 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    telemetry::init(cli.log.log_format);
     let result = match cli.command {
         Command::Serve(args) => job(args, true).await,
         Command::Run(args) => job(args, false).await,
@@ -302,7 +295,7 @@ async fn job(args: JobArgs, stay: bool) -> anyhow::Result<ExitCode> {
         stats: stats.clone(),
         state: state_tx,
     });
-    let stop = shutdown_signal();
+    let stop = telemetry::shutdown_signal();
     tokio::pin!(stop);
     loop {
         let display = tokio::spawn(display::show(
@@ -415,14 +408,4 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
 }

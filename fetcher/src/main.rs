@@ -12,15 +12,8 @@ use clap::{Parser, Subcommand};
     about = "alldocs fetcher: pages _all_docs and fetches packuments into an object store"
 )]
 struct Cli {
-    /// Log format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value_t,
-        env = "ALLDOCS_LOG_FORMAT"
-    )]
-    log_format: telemetry::LogFormat,
+    #[command(flatten)]
+    log: telemetry::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,7 +31,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    telemetry::init(cli.log.log_format);
     match cli.command {
         Command::Serve { listen } => {
             let addr = match (listen, std::env::var("PORT")) {
@@ -54,28 +47,11 @@ async fn main() -> anyhow::Result<()> {
             let local = listener.local_addr()?;
             tracing::info!(addr = %local, tokens = !npm.credentials.is_empty(), "fetcher listening");
             println!("fetcher listening on {local}");
-            grpc::serve_fetcher(
-                listener,
-                FetchService::new(npm.credentials),
-                shutdown_signal(),
-            )
+            grpc::serve_fetcher(listener, FetchService::new(npm.credentials), async {
+                telemetry::shutdown_signal().await;
+                tracing::info!("shutting down: ending running leases cleanly");
+            })
             .await
         }
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: ending running leases cleanly");
 }

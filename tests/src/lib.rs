@@ -3,7 +3,7 @@
 
 pub mod fixtures;
 pub mod pouch;
-pub mod py;
 pub mod procs;
+pub mod py;
 pub mod sim;
 pub mod support;

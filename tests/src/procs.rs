@@ -73,6 +73,11 @@ impl Listening {
         Ok((status.code().unwrap_or(-1), rest))
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGKILL: the process gets no chance to tidy up.
     pub fn kill(&mut self) -> Result<()> {
         self.child.kill()?;
@@ -90,12 +95,7 @@ impl Drop for Listening {
 
 /// Runs a command to completion, returning (exit code, stdout, stderr).
 pub fn run(bin: &Path, args: &[String], envs: &[(&str, &str)]) -> Result<(i32, String, String)> {
-    let mut cmd = Command::new(bin);
-    cmd.args(args).stdin(Stdio::null());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let out = cmd
+    let out = command(bin, args, envs)
         .output()
         .with_context(|| format!("running {}", bin.display()))?;
     Ok((
@@ -103,6 +103,26 @@ pub fn run(bin: &Path, args: &[String], envs: &[(&str, &str)]) -> Result<(i32, S
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
+}
+
+/// `bin args…` with stdin closed, quiet logs, and nothing from the test's own environment
+/// that could reconfigure it (`ALLDOCS_*`, `NPM_TOKEN`); then `envs`.
+fn command(bin: &Path, args: &[String], envs: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null()).env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+    );
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if name.starts_with("ALLDOCS_") || name == "NPM_TOKEN" {
+            cmd.env_remove(&key);
+        }
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
 }
 
 /// Strings from `&str`s, for argument lists.

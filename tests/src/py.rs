@@ -12,10 +12,10 @@ use std::{
     collections::BTreeMap,
     ffi::OsStr,
     fs::File,
-    io::{BufRead as _, BufReader, Read},
+    io::Read,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{mpsc, Arc, Mutex, OnceLock},
+    process::{Command, Stdio},
+    sync::{Mutex, OnceLock},
     thread,
     time::{Duration, Instant},
 };
@@ -419,107 +419,4 @@ fn build_bin(name: &str) -> Result<PathBuf> {
         );
     }
     Ok(bin)
-}
-
-/// A child process whose stdout and stderr are collected on threads, killed when dropped.
-pub struct Spawned {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    what: String,
-}
-
-impl Spawned {
-    /// Starts `cmd` with stdin closed and stdout and stderr piped.
-    pub fn start(cmd: &mut Command) -> Result<Self> {
-        let what = format!("{:?}", cmd.get_program());
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {what}"))?;
-        let (tx, lines) = mpsc::channel();
-        if let Some(out) = child.stdout.take() {
-            thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    // Nobody may listen any more: keep draining so the child never blocks.
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        if let Some(mut err) = child.stderr.take() {
-            let sink = stderr.clone();
-            thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .extend_from_slice(&buf[..n]);
-                }
-            });
-        }
-        Ok(Self {
-            child,
-            lines,
-            stderr,
-            what,
-        })
-    }
-
-    /// The next line of stdout, waiting at most `limit`.
-    pub fn next_line(&mut self, limit: Duration) -> Result<String> {
-        match self.lines.recv_timeout(limit) {
-            Ok(line) => Ok(line),
-            Err(mpsc::RecvTimeoutError::Timeout) => bail!(
-                "{} printed no line within {limit:?}; stderr:\n{}",
-                self.what,
-                self.stderr_tail(4000)
-            ),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                // Give the stderr thread a moment to collect the last words.
-                let status = self.child.wait().ok();
-                thread::sleep(Duration::from_millis(50));
-                bail!(
-                    "{} closed stdout (exit: {status:?}); stderr:\n{}",
-                    self.what,
-                    self.stderr_tail(4000)
-                )
-            }
-        }
-    }
-
-    /// The last `max` bytes of what the process wrote to stderr so far.
-    pub fn stderr_tail(&self, max: usize) -> String {
-        let buf = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
-        let from = buf.len().saturating_sub(max);
-        String::from_utf8_lossy(&buf[from..]).into_owned()
-    }
-
-    /// The process id.
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Kills the process and waits for it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }

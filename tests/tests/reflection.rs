@@ -2,13 +2,12 @@
 //! real servers: it finds services and messages through reflection v1 and v1alpha alone,
 //! and reads the coordinator's progress with the field names of the contract.
 
-use std::{collections::BTreeSet, process::Command, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
 use alldocs_fetcher::npmrc::Credentials;
 use alldocs_tests::{
-    py::{
-        json_u64, python_env, reflect_call, reflect_list, reflect_stream, workspace_bin, Spawned,
-    },
+    procs::{self, Listening},
+    py::{json_u64, python_env, reflect_call, reflect_list, reflect_stream, workspace_bin},
     sim::{SimConfig, SimServer},
     support::FetcherServer,
 };
@@ -142,55 +141,37 @@ async fn coordinator_progress_through_reflection_only() -> Result<()> {
     .await?;
     let (bin, _) = (bin.await??, python.await??);
     let tmp = tempfile::tempdir()?;
-    let mut cmd = Command::new(&bin);
-    cmd.arg("serve")
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--db")
-        .arg(tmp.path().join("db.sqlite"))
-        .arg("--store")
-        .arg(tmp.path().join("data"))
-        .args(["--replicate-origin", &sim.url(), "--registry", &sim.url()])
-        .args([
-            "--rate-limit",
-            "0",
-            "--pivots",
-            "@,A,a,m",
-            "--progress",
-            "none",
-        ])
-        .current_dir(tmp.path())
-        .env("NO_COLOR", "1");
-    // Nothing from the environment may reconfigure the run.
-    for (key, _) in std::env::vars_os() {
-        let key_str = key.to_string_lossy();
-        if key_str.starts_with("ALLDOCS_") || key_str == "NPM_TOKEN" {
-            cmd.env_remove(&key);
-        }
-    }
-    let mut coordinator = Spawned::start(&mut cmd)?;
-    let first = blocking_line(&mut coordinator).await?;
-    let addr = first
-        .strip_prefix("coordinator listening on ")
-        .with_context(|| format!("the coordinator's first line: {first:?}"))?
-        .trim()
-        .to_string();
+    let (db, data) = (tmp.path().join("db.sqlite"), tmp.path().join("data"));
+    let args = procs::args(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        db.to_str().context("a UTF-8 temp path")?,
+        "--store",
+        data.to_str().context("a UTF-8 temp path")?,
+        "--replicate-origin",
+        &sim.url(),
+        "--registry",
+        &sim.url(),
+        "--rate-limit",
+        "0",
+        "--pivots",
+        "@,A,a,m",
+        "--progress",
+        "none",
+    ]);
+    let mut coordinator = tokio::task::block_in_place(|| Listening::start(&bin, &args, &[]))?;
+    let addr = coordinator.addr.clone();
 
     let result = check_progress(&addr, &sim).await;
     ensure!(
         coordinator.is_running(),
-        "`coordinator serve` must stay up when done; stderr:\n{}",
-        coordinator.stderr_tail(4000)
+        "`coordinator serve` must stay up when done"
     );
-    let stderr = coordinator.stderr_tail(4000);
-    coordinator.kill();
+    coordinator.kill()?;
     sim.shutdown().await;
-    result.with_context(|| format!("coordinator stderr (tail):\n{stderr}"))
-}
-
-async fn blocking_line(child: &mut Spawned) -> Result<String> {
-    // Start-up binds before it prints; allow for a slow machine.
-    tokio::task::block_in_place(|| child.next_line(Duration::from_secs(60)))
+    result
 }
 
 async fn check_progress(addr: &str, sim: &SimServer) -> Result<()> {
