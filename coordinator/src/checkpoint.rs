@@ -144,7 +144,7 @@ CREATE TABLE IF NOT EXISTS packages (
     lease_token INTEGER,
     seen_run INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS packages_by_status ON packages(status, partition);
+CREATE INDEX IF NOT EXISTS packages_by_status ON packages(status, partition, name);
 CREATE INDEX IF NOT EXISTS packages_by_run ON packages(seen_run);
 CREATE TABLE IF NOT EXISTS leases (
     token INTEGER PRIMARY KEY,
@@ -393,10 +393,12 @@ impl Db {
     ) -> rusqlite::Result<Vec<(String, String)>> {
         let items: Vec<(String, String)> = {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT name, indexed_rev FROM packages
+                // Served by the (status, partition, name) index: it stops after LIMIT rows
+                // instead of sorting every pending name.
+                "SELECT name, indexed_rev FROM packages INDEXED BY packages_by_status
                  WHERE status = 'pending'
                    AND partition IN (SELECT name FROM partitions WHERE status IN ('done', 'failed'))
-                 ORDER BY partition, name LIMIT ?1",
+                 LIMIT ?1",
             )?;
             let rows = stmt.query_map([max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
@@ -663,11 +665,15 @@ impl Db {
 
     pub fn list_partitions(&self) -> rusqlite::Result<Vec<PartitionInfo>> {
         let mut stmt = self.conn.prepare(
-            "SELECT p.name, p.start_key, p.end_key, p.status, p.rows, COALESCE(p.uri, ''), p.attempts,
-                    COALESCE(p.last_error, ''),
-                    (SELECT COUNT(*) FROM packages k WHERE k.partition = p.name AND k.status != 'removed'),
-                    (SELECT COUNT(*) FROM packages k WHERE k.partition = p.name AND k.status = 'stored')
-             FROM partitions p ORDER BY p.ord",
+            "WITH k AS (
+                 SELECT partition,
+                        SUM(status != 'removed') AS total,
+                        SUM(status = 'stored') AS stored
+                 FROM packages GROUP BY partition
+             )
+             SELECT p.name, p.start_key, p.end_key, p.status, p.rows, COALESCE(p.uri, ''), p.attempts,
+                    COALESCE(p.last_error, ''), COALESCE(k.total, 0), COALESCE(k.stored, 0)
+             FROM partitions p LEFT JOIN k ON k.partition = p.name ORDER BY p.ord",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(PartitionInfo {
