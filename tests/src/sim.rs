@@ -105,6 +105,10 @@ pub struct SimConfig {
     pub latency_ms: u64,
     /// Whether to gzip packuments for clients sending `Accept-Encoding: gzip`.
     pub gzip: bool,
+    /// If n > 0, `_all_docs` silently answers at most n rows whatever `limit` asks, as a
+    /// proxy or a server with a lower cap would: a client that takes a short page for the
+    /// end of the listing loses rows.
+    pub page_cap: usize,
 }
 
 impl Default for SimConfig {
@@ -120,6 +124,7 @@ impl Default for SimConfig {
             throttle_every: 0,
             latency_ms: 0,
             gzip: true,
+            page_cap: 0,
         }
     }
 }
@@ -1262,7 +1267,12 @@ impl Shared {
     fn all_docs(&self, query: &str) -> Response<PartsBody> {
         bump(&self.counters.all_docs_requests, 1);
         match AllDocsQuery::parse(query) {
-            Ok(query) => json_response(StatusCode::OK, self.registry.all_docs_page(&query)),
+            Ok(mut query) => {
+                if self.cfg.page_cap > 0 {
+                    query.limit = query.limit.min(self.cfg.page_cap);
+                }
+                json_response(StatusCode::OK, self.registry.all_docs_page(&query))
+            }
             Err(reason) => error_response(StatusCode::BAD_REQUEST, "bad_request", &reason),
         }
     }

@@ -369,6 +369,31 @@ async fn index_partitions_concatenate_to_the_full_listing() -> anyhow::Result<()
     fetcher.shutdown().await
 }
 
+/// Users lose no rows when the endpoint (or a proxy in front of it) silently answers
+/// fewer rows than `limit` asks for: a short page is not taken for the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_capping_pages_below_the_limit_loses_no_rows() -> anyhow::Result<()> {
+    let fetcher = FetcherServer::start(Credentials::new()).await?;
+    let sim = sim(SimConfig {
+        page_cap: 97,
+        ..small(1_000)
+    })
+    .await?;
+    let truth = listing(&sim);
+    let names: Vec<String> = truth.iter().map(|(n, _)| n.clone()).collect();
+    let (union, _) = index_all_partitions(&fetcher, &sim, &pivots_for(&names), 10_000).await?;
+    assert_eq!(
+        union.len(),
+        truth.len(),
+        "every row, though each page held at most 97"
+    );
+    assert!(
+        union == truth,
+        "the partitions concatenate to the listing, in order"
+    );
+    fetcher.shutdown().await
+}
+
 // ---------------------------------------------------------------------------------------
 // 2. Packuments.
 

@@ -16,8 +16,10 @@
 //! ```
 //!
 //! Nothing leaves 127.0.0.1: every server the children talk to is one this process started.
-//! Back-to-back runs on one ext4 filesystem are slower than spaced ones: creating files
-//! right after the previous run deleted its store makes ext4 skip recently deleted inodes.
+//! With a local store most of the coordinator's CPU time is the kernel creating files, so
+//! figures vary from run to run with the disk's state (writeback of the previous run, and
+//! ext4 skipping recently deleted inodes right after a run removed its store): compare
+//! several runs, spaced apart.
 //!
 //! Exit code: 0 when every check passed, 1 when one failed, 2 on a setup error. The work
 //! directory (checkpoint, store, logs) is removed after a clean pass and kept otherwise.

@@ -44,6 +44,9 @@ struct Args {
     /// Never gzip packuments.
     #[arg(long)]
     no_gzip: bool,
+    /// `_all_docs` silently answers at most this many rows whatever `limit` asks (0: no cap).
+    #[arg(long, default_value_t = 0)]
+    page_cap: usize,
 }
 
 /// Resolves when the process gets SIGTERM or Ctrl-C.
@@ -84,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         throttle_every: args.throttle_every,
         latency_ms: args.latency_ms,
         gzip: !args.no_gzip,
+        page_cap: args.page_cap,
     };
     let server = SimServer::start(args.listen, cfg).await?;
     {
