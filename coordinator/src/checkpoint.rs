@@ -145,7 +145,7 @@ CREATE TABLE IF NOT EXISTS packages (
     seen_run INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS packages_by_status ON packages(status, partition, name);
-CREATE INDEX IF NOT EXISTS packages_by_run ON packages(seen_run);
+CREATE INDEX IF NOT EXISTS packages_by_partition_run ON packages(partition, seen_run);
 CREATE TABLE IF NOT EXISTS leases (
     token INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -380,7 +380,6 @@ impl Db {
                 "UPDATE partitions SET status = 'leased', lease_token = ?1 WHERE name = ?2",
                 params![token, p.name],
             )?;
-            self.cached = None;
         }
         Ok(part)
     }
@@ -410,9 +409,6 @@ impl Db {
             update.execute(params![token, name])?;
         }
         drop(update);
-        if !items.is_empty() {
-            self.cached = None;
-        }
         Ok(items)
     }
 
@@ -501,7 +497,6 @@ impl Db {
                 Event::Summary(_) => {}
             }
         }
-        self.cached = None;
         Ok(stored)
     }
 
@@ -563,27 +558,32 @@ impl Db {
         Ok(())
     }
 
-    /// Ends a lease: whatever it still holds returns to pending with the attempt counted
-    /// (or fails, past the limit). Returns how many items went back.
-    pub fn end_lease(&mut self, token: i64, outcome: &str) -> rusqlite::Result<u64> {
+    /// Ends a lease: whatever it still holds returns to pending, with the attempt counted
+    /// if `count_attempt` (then failing past the limit). Returns how many items went back.
+    pub fn end_lease(
+        &mut self,
+        token: i64,
+        outcome: &str,
+        count_attempt: bool,
+    ) -> rusqlite::Result<u64> {
         let max = self.max_attempts as i64;
+        let add = i64::from(count_attempt);
         let parts = self.conn.execute(
-            "UPDATE partitions SET attempts = attempts + 1, last_error = ?1, lease_token = NULL,
-                 status = CASE WHEN attempts + 1 >= ?2 THEN 'failed' ELSE 'pending' END
+            "UPDATE partitions SET attempts = attempts + ?4, last_error = ?1, lease_token = NULL,
+                 status = CASE WHEN attempts + ?4 >= ?2 THEN 'failed' ELSE 'pending' END
              WHERE lease_token = ?3 AND status = 'leased'",
-            params![outcome, max, token],
+            params![outcome, max, token, add],
         )?;
         let pkgs = self.conn.execute(
-            "UPDATE packages SET attempts = attempts + 1, last_error = ?1, lease_token = NULL,
-                 status = CASE WHEN attempts + 1 >= ?2 THEN 'failed' ELSE 'pending' END
+            "UPDATE packages SET attempts = attempts + ?4, last_error = ?1, lease_token = NULL,
+                 status = CASE WHEN attempts + ?4 >= ?2 THEN 'failed' ELSE 'pending' END
              WHERE lease_token = ?3 AND status = 'leased'",
-            params![outcome, max, token],
+            params![outcome, max, token, add],
         )?;
         self.conn.execute(
             "UPDATE leases SET ended_ms = ?1, outcome = ?2 WHERE token = ?3",
             params![now_ms(), outcome, token],
         )?;
-        self.cached = None;
         Ok((parts + pkgs) as u64)
     }
 
@@ -602,10 +602,12 @@ impl Db {
         self.set_meta("run_complete", if complete { "1" } else { "0" })
     }
 
-    /// Exact counts; recomputed at most every second (less often on a huge checkpoint).
+    /// Counts at most a second old (older on a huge checkpoint, where counting costs more:
+    /// never more than a tenth of the checkpoint thread's time). Exact once the run is
+    /// done, since the scheduler counts afresh then.
     pub fn counts(&mut self) -> rusqlite::Result<Counts> {
         if let Some((at, cost, counts)) = self.cached {
-            if at.elapsed() < cost.saturating_mul(10).max(Duration::from_millis(250)) {
+            if at.elapsed() < cost.saturating_mul(10).max(Duration::from_secs(1)) {
                 return Ok(counts);
             }
         }
@@ -634,13 +636,20 @@ impl Db {
             }
         }
         {
+            // One pass over the packages for every figure.
             let mut stmt = self.conn.prepare_cached(
-                "SELECT status, COUNT(*), COALESCE(SUM(bytes), 0) FROM packages WHERE status != 'removed' GROUP BY status",
+                "SELECT status, COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(seen_run = ?1), 0)
+                 FROM packages GROUP BY status",
             )?;
-            let mut rows = stmt.query([])?;
+            let mut rows = stmt.query([self.run])?;
             while let Some(r) = rows.next()? {
-                let (status, n, bytes): (String, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                let (status, n, bytes, seen): (String, i64, i64, i64) =
+                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
                 let n = n as u64;
+                c.rows_indexed += seen as u64;
+                if status == "removed" {
+                    continue;
+                }
                 c.packuments_total += n;
                 match status.as_str() {
                     "stored" => {
@@ -654,11 +663,6 @@ impl Db {
                 }
             }
         }
-        c.rows_indexed = self.conn.query_row(
-            "SELECT COUNT(*) FROM packages WHERE seen_run = ?1",
-            [self.run],
-            |r| r.get::<_, i64>(0),
-        )? as u64;
         self.cached = Some((Instant::now(), started.elapsed(), c));
         Ok(c)
     }
@@ -851,7 +855,7 @@ mod tests {
                 let old = db.next_token()?;
                 assert_eq!(db.lease_packuments(old, 10)?.len(), 2);
                 // The old lease's stream broke: its work goes back and is leased anew.
-                assert_eq!(db.end_lease(old, "stream broke")?, 2);
+                assert_eq!(db.end_lease(old, "stream broke", true)?, 2);
                 let new = db.next_token()?;
                 assert_eq!(db.lease_packuments(new, 10)?.len(), 2);
                 // The stale fetcher's late events are ignored...
@@ -876,7 +880,7 @@ mod tests {
                 for _ in 0..2 {
                     let t = db.next_token()?;
                     db.lease_packuments(t, 1)?; // "a" first
-                    db.end_lease(t, "lease deadline passed")?;
+                    db.end_lease(t, "lease deadline passed", true)?;
                 }
                 // A non-retryable failure fails at once.
                 let t = db.next_token()?;
@@ -921,7 +925,7 @@ mod tests {
             let t = db.next_token()?;
             db.lease_packuments(t, 10)?;
             db.apply(t, &[stored("a", "1-a"), stored("b", "1-b")])?;
-            db.end_lease(t, "finished")?;
+            db.end_lease(t, "finished", true)?;
             assert!(!db.has_open_work()?);
             db.set_run_complete(true)
         })

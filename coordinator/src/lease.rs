@@ -109,30 +109,110 @@ pub struct Scheduler {
     pub settings: Settings,
     pub stats: Arc<Stats>,
     pub state: tokio::sync::watch::Sender<RunState>,
+    health: Mutex<Vec<Health>>,
 }
 
 impl Scheduler {
+    pub fn new(
+        checkpoint: Checkpoint,
+        fetchers: Vec<FetcherHandle>,
+        settings: Settings,
+        stats: Arc<Stats>,
+        state: tokio::sync::watch::Sender<RunState>,
+    ) -> Self {
+        let health = Mutex::new(vec![Health::default(); fetchers.len()]);
+        Self {
+            checkpoint,
+            fetchers,
+            settings,
+            stats,
+            state,
+            health,
+        }
+    }
+
+    /// The next fetcher (round robin) that is not resting, if any.
+    fn next_fetcher(&self, cursor: &mut usize) -> Option<usize> {
+        let health = self.health.lock().expect("health");
+        let now = tokio::time::Instant::now();
+        (0..self.fetchers.len())
+            .map(|i| (*cursor + i) % self.fetchers.len())
+            .find(|&i| health[i].until.is_none_or(|t| t <= now))
+            .inspect(|&i| *cursor = i + 1)
+    }
+
+    /// Records how a fetcher answered; an unreachable one rests, doubling each time.
+    fn record_health(&self, index: usize, unreachable: Option<String>) {
+        let mut health = self.health.lock().expect("health");
+        let h = &mut health[index];
+        match unreachable {
+            None => *h = Health::default(),
+            Some(error) => {
+                h.failures += 1;
+                let base = Duration::from_millis(u64::from(self.settings.retry_base_ms));
+                let rest = base
+                    .saturating_mul(1 << (h.failures - 1).min(16))
+                    .min(Duration::from_secs(30));
+                tracing::warn!(fetcher = self.fetchers[index].name(), %error, rest = ?rest, "fetcher unreachable; resting it");
+                h.until = Some(tokio::time::Instant::now() + rest);
+                h.last_error = error;
+            }
+        }
+    }
+
+    /// When the first resting fetcher may be tried again, if all are resting.
+    fn all_resting_until(&self) -> Option<tokio::time::Instant> {
+        let health = self.health.lock().expect("health");
+        let now = tokio::time::Instant::now();
+        health
+            .iter()
+            .map(|h| h.until.filter(|&t| t > now))
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .min()
+    }
+
+    /// An error if no fetcher has answered for a long while.
+    fn check_reachable(&self) -> anyhow::Result<()> {
+        let health = self.health.lock().expect("health");
+        if health.iter().all(|h| h.failures >= GIVE_UP_AFTER) {
+            let detail: Vec<String> = self
+                .fetchers
+                .iter()
+                .zip(health.iter())
+                .map(|(f, h)| format!("{}: {}", f.name(), h.last_error))
+                .collect();
+            anyhow::bail!(
+                "no fetcher answered {GIVE_UP_AFTER} times in a row ({}). Check the --fetcher URLs and that the fetchers run; the checkpoint keeps everything finished, so the same command carries on",
+                detail.join("; ")
+            );
+        }
+        Ok(())
+    }
+
     /// Leases until nothing is pending or leased, marks the run complete, and returns the
     /// final counts.
-    pub async fn run(self: Arc<Self>) -> Result<Counts, CheckpointError> {
+    pub async fn run(self: Arc<Self>) -> anyhow::Result<Counts> {
         self.stats
             .started
             .lock()
             .expect("started")
             .get_or_insert_with(Instant::now);
         let mut tasks: JoinSet<()> = JoinSet::new();
-        let mut next_fetcher = 0usize;
+        let mut cursor = 0usize;
         let index_running = Arc::new(AtomicUsize::new(0));
         loop {
             while tasks.len() < self.settings.max_in_flight {
-                let fetcher = self.fetchers[next_fetcher % self.fetchers.len()].clone();
+                let Some(f) = self.next_fetcher(&mut cursor) else {
+                    break;
+                };
+                let fetcher = self.fetchers[f].clone();
                 let Some((token, work)) = self
                     .pick(&fetcher, index_running.load(Ordering::Relaxed))
                     .await?
                 else {
                     break;
                 };
-                next_fetcher += 1;
                 let is_index = matches!(work, Work::Index(_));
                 if is_index {
                     index_running.fetch_add(1, Ordering::Relaxed);
@@ -142,7 +222,8 @@ impl Scheduler {
                 self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
                 self.stats.leases.fetch_add(1, Ordering::Relaxed);
                 tasks.spawn(async move {
-                    this.run_lease(fetcher, token, work).await;
+                    let unreachable = this.run_lease(&fetcher, token, work).await;
+                    this.record_health(f, unreachable);
                     if is_index {
                         index_running.fetch_sub(1, Ordering::Relaxed);
                     }
@@ -159,23 +240,29 @@ impl Scheduler {
                 RunState::Done
             });
             if tasks.is_empty() && !open {
-                return self
+                return Ok(self
                     .checkpoint
                     .call(|db| {
                         db.set_run_complete(true)?;
                         db.counts_now()
                     })
-                    .await;
+                    .await?);
             }
+            if tasks.is_empty() {
+                self.check_reachable()?;
+            }
+            let resting = self.all_resting_until();
             tokio::select! {
                 joined = tasks.join_next(), if !tasks.is_empty() => {
                     if let Some(Err(e)) = joined {
                         tracing::error!(error = %e, "a lease task panicked");
                     }
                 }
+                // Every fetcher is resting: try again when the first may be asked.
+                _ = tokio::time::sleep_until(resting.unwrap_or_else(tokio::time::Instant::now)), if resting.is_some() => {}
                 // Open work but nothing leasable and nothing in flight cannot last (a
                 // partition is pending, so it is leasable); look again shortly regardless.
-                _ = tokio::time::sleep(Duration::from_secs(1)), if tasks.is_empty() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)), if tasks.is_empty() && resting.is_none() => {}
             }
         }
     }
@@ -254,48 +341,60 @@ impl Scheduler {
         }
     }
 
-    /// Runs one lease to its end and gives back whatever it did not finish.
-    async fn run_lease(&self, fetcher: FetcherHandle, token: i64, work: Work) {
+    /// Runs one lease to its end and gives back whatever it did not finish. Returns
+    /// whether the fetcher could not be reached at all.
+    async fn run_lease(&self, fetcher: &FetcherHandle, token: i64, work: Work) -> Option<String> {
         let lease = self.lease_for(token, &work);
         // Past the deadline the fetcher stops by itself; give it a little longer to say so.
         let give_up =
             tokio::time::Instant::now() + self.settings.lease_duration + Duration::from_secs(30);
-        let outcome =
-            match tokio::time::timeout_at(give_up, self.follow(&fetcher, token, lease)).await {
-                Ok(Ok(outcome)) => outcome,
-                Ok(Err(reason)) => reason,
-                Err(_) => "lease deadline passed without an answer from the fetcher".to_string(),
-            };
+        let end = match tokio::time::timeout_at(give_up, self.follow(fetcher, token, lease)).await {
+            Ok(end) => end,
+            Err(_) => LeaseEnd::counted("lease deadline passed without an answer from the fetcher"),
+        };
         let returned = {
-            let outcome = outcome.clone();
+            let (outcome, count) = (end.outcome.clone(), end.count_attempt);
             self.checkpoint
-                .call(move |db| db.end_lease(token, &outcome))
+                .call(move |db| db.end_lease(token, &outcome, count))
                 .await
         };
         match returned {
-            Ok(0) => tracing::debug!(token, fetcher = fetcher.name(), %outcome, "lease ended"),
-            Ok(n) => {
-                tracing::warn!(token, fetcher = fetcher.name(), %outcome, returned = n, "lease ended early; its unfinished work goes back to pending")
+            Ok(0) => {
+                tracing::debug!(token, fetcher = fetcher.name(), outcome = %end.outcome, "lease ended")
             }
+            Ok(n) => tracing::warn!(
+                token, fetcher = fetcher.name(), outcome = %end.outcome, returned = n,
+                attempt_counted = end.count_attempt,
+                "lease ended early; its unfinished work goes back to pending"
+            ),
             Err(e) => tracing::error!(token, error = %e, "could not end a lease in the checkpoint"),
         }
+        end.unreachable.then_some(end.outcome)
     }
 
     /// Streams a lease's events into the checkpoint, in batches of what has arrived.
-    async fn follow(
-        &self,
-        fetcher: &FetcherHandle,
-        token: i64,
-        lease: Lease,
-    ) -> Result<String, String> {
-        let mut stream = fetcher.fetch(lease).await.map_err(|s| {
-            format!(
-                "fetcher {} refused the lease: {}",
-                fetcher.name(),
-                s.message()
-            )
-        })?;
-        let mut outcome = "stream ended without a summary".to_string();
+    async fn follow(&self, fetcher: &FetcherHandle, token: i64, lease: Lease) -> LeaseEnd {
+        let mut stream = match fetcher.fetch(lease).await {
+            Ok(stream) => stream,
+            // The fetcher looked at the lease and refused it: that is about the work.
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                return LeaseEnd::counted(format!(
+                    "fetcher {} refused the lease: {}",
+                    fetcher.name(),
+                    s.message()
+                ))
+            }
+            // It could not be reached (or is overloaded): not the items' fault.
+            Err(s) => {
+                return LeaseEnd::unreachable(format!(
+                    "fetcher {} did not answer: {}",
+                    fetcher.name(),
+                    s.message()
+                ))
+            }
+        };
+        let mut outcome = LeaseEnd::counted("stream ended without a summary");
+        let mut received_any = false;
         loop {
             let mut batch = Vec::new();
             let mut ended = None;
@@ -312,6 +411,7 @@ impl Scheduler {
                     None => break,
                 }
             }
+            received_any |= !batch.is_empty();
             for ev in &batch {
                 match ev {
                     Event::IndexRows(r) => {
@@ -321,14 +421,18 @@ impl Scheduler {
                     }
                     Event::Summary(s) => {
                         outcome = if s.unfinished == 0 {
-                            "finished".into()
+                            LeaseEnd::counted("finished")
                         } else if s.deadline_exceeded {
-                            format!(
+                            LeaseEnd::counted(format!(
                                 "lease deadline passed with {} items unfinished",
                                 s.unfinished
-                            )
+                            ))
                         } else {
-                            format!("fetcher stopped with {} items unfinished", s.unfinished)
+                            // Told to stop (SIGTERM, scale-in): hand the rest out again as is.
+                            LeaseEnd::uncounted(format!(
+                                "fetcher stopped with {} items unfinished",
+                                s.unfinished
+                            ))
                         };
                     }
                     Event::Failed(f) => {
@@ -345,18 +449,29 @@ impl Scheduler {
                         _ => 0,
                     })
                     .sum();
-                let stored = self
+                match self
                     .checkpoint
                     .call(move |db| db.apply(token, &batch))
                     .await
-                    .map_err(|e| e.to_string())?;
-                self.stats.fetched.fetch_add(stored, Ordering::Relaxed);
-                self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+                {
+                    Ok(stored) => {
+                        self.stats.fetched.fetch_add(stored, Ordering::Relaxed);
+                        self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    }
+                    Err(e) => return LeaseEnd::uncounted(format!("checkpoint: {e}")),
+                }
             }
             match ended {
-                Some(Ok(())) => return Ok(outcome),
+                Some(Ok(())) => return outcome,
+                Some(Err(status)) if !received_any => {
+                    return LeaseEnd::unreachable(format!(
+                        "fetcher {} did not answer: {}",
+                        fetcher.name(),
+                        status.message()
+                    ))
+                }
                 Some(Err(status)) => {
-                    return Err(format!(
+                    return LeaseEnd::counted(format!(
                         "stream from {} broke: {}",
                         fetcher.name(),
                         status.message()
@@ -366,6 +481,51 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// How a lease ended.
+struct LeaseEnd {
+    outcome: String,
+    /// Whether the unfinished items' attempts count: not when the fetcher could not be
+    /// reached or was told to stop, which says nothing about the items.
+    count_attempt: bool,
+    /// The fetcher did not answer at all.
+    unreachable: bool,
+}
+
+impl LeaseEnd {
+    fn counted(outcome: impl Into<String>) -> Self {
+        Self {
+            outcome: outcome.into(),
+            count_attempt: true,
+            unreachable: false,
+        }
+    }
+    fn uncounted(outcome: impl Into<String>) -> Self {
+        Self {
+            outcome: outcome.into(),
+            count_attempt: false,
+            unreachable: false,
+        }
+    }
+    fn unreachable(outcome: impl Into<String>) -> Self {
+        Self {
+            outcome: outcome.into(),
+            count_attempt: false,
+            unreachable: true,
+        }
+    }
+}
+
+/// Consecutive times every fetcher must have failed to answer before a run gives up.
+const GIVE_UP_AFTER: u32 = 8;
+
+/// How a fetcher has been answering: one that does not is rested, doubling each time.
+#[derive(Clone, Debug, Default)]
+struct Health {
+    failures: u32,
+    until: Option<tokio::time::Instant>,
+    last_error: String,
 }
 
 /// What the counts say the run is doing.

@@ -198,7 +198,13 @@ async fn job(args: JobArgs, stay: bool) -> anyhow::Result<ExitCode> {
     };
     let partitions = plan::partitions(&pivots);
     let origin = http_url("--replicate-origin", &args.replicate_origin)?;
-    let npm = NpmConfig::load();
+    // Tokens always come from npm's configuration; asking `npm` itself (slow) only when the
+    // registry was not given.
+    let npm = if args.registry.is_some() {
+        NpmConfig::from_env_and_files()
+    } else {
+        NpmConfig::load()
+    };
     let registry = match args.registry.clone().or_else(|| npm.registry.clone()) {
         Some(r) => http_url("--registry", &r)?,
         None => {
@@ -275,10 +281,10 @@ async fn job(args: JobArgs, stay: bool) -> anyhow::Result<ExitCode> {
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     let mut server = tokio::spawn(server);
 
-    let scheduler = Arc::new(Scheduler {
-        checkpoint: checkpoint.clone(),
-        fetchers: fetchers.clone(),
-        settings: Settings {
+    let scheduler = Arc::new(Scheduler::new(
+        checkpoint.clone(),
+        fetchers.clone(),
+        Settings {
             replicate_origin: origin,
             registry,
             store: args.store.clone(),
@@ -292,9 +298,9 @@ async fn job(args: JobArgs, stay: bool) -> anyhow::Result<ExitCode> {
             max_retries: args.max_retries,
             retry_base_ms: args.retry_base.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
         },
-        stats: stats.clone(),
-        state: state_tx,
-    });
+        stats.clone(),
+        state_tx,
+    ));
     let stop = telemetry::shutdown_signal();
     tokio::pin!(stop);
     loop {

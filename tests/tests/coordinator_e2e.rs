@@ -391,6 +391,89 @@ async fn two_remote_fetchers_share_the_run() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetcher_that_dies_mid_run_costs_nothing_and_none_at_all_is_a_clear_error(
+) -> anyhow::Result<()> {
+    let sim = SimServer::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            packages: 1200,
+            mean_bytes: 1500,
+            latency_ms: 2,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let fetcher = workspace_bin("fetcher")?;
+    let f1 = Listening::start(&fetcher, &args(&["serve", "--listen", "127.0.0.1:0"]), &[])?;
+    let mut f2 = Listening::start(&fetcher, &args(&["serve", "--listen", "127.0.0.1:0"]), &[])?;
+    let dir = tempfile::tempdir()?;
+    let opts = [
+        "--pivots",
+        "@,a,m",
+        "--lease-size",
+        "30",
+        "--max-in-flight",
+        "4",
+        "--fetcher",
+        &f1.url(),
+        "--fetcher",
+        &f2.url(),
+    ];
+    let serve = Listening::start(
+        &coordinator(),
+        &job_args("serve", dir.path(), &sim.url(), &opts),
+        &[],
+    )?;
+    wait_until(&serve.url(), |p| p.packuments_done >= 200).await?;
+    f2.kill()?;
+    // Its broken leases are handed out again (the attempt counted, as for any stream that
+    // ends early) and the other fetcher finishes the run.
+    let p = wait_done(&serve.url()).await?;
+    assert_eq!(
+        (p.packuments_done, p.packuments_failed, p.partitions_failed),
+        (1200, 0, 0)
+    );
+    drop(serve);
+
+    // No fetcher answers at all: `run` says so and stops, nothing is failed, and the
+    // checkpoint carries on once a fetcher is there.
+    let dead = format!("http://127.0.0.1:{}", alldocs_tests::pouch::free_port()?);
+    let dir = tempfile::tempdir()?;
+    let opts = ["--pivots", "m", "--fetcher", &dead];
+    let (code, _, err) = run(
+        &coordinator(),
+        &job_args("run", dir.path(), &sim.url(), &opts),
+        &[],
+    )?;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("no fetcher answered") && err.contains(&dead),
+        "{err}"
+    );
+    let conn = rusqlite::Connection::open(dir.path().join("alldocs.sqlite"))?;
+    let partitions: Vec<(String, i64)> = conn
+        .prepare("SELECT status, attempts FROM partitions")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        partitions,
+        vec![("pending".to_string(), 0); 2],
+        "nothing failed, no attempt spent"
+    );
+    drop(conn);
+    // Fetchers hold no state: the same checkpoint carries on with another one.
+    let opts = ["--pivots", "m", "--fetcher", &f1.url()];
+    let (code, _, err) = run(
+        &coordinator(),
+        &job_args("run", dir.path(), &sim.url(), &opts),
+        &[],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stored_files(&dir.path().join("data")).len(), 1200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reruns_fetch_only_what_changed() -> anyhow::Result<()> {
     let config = SimConfig {
         packages: 600,
