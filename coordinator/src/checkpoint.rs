@@ -568,23 +568,22 @@ impl Db {
     ) -> rusqlite::Result<u64> {
         let max = self.max_attempts as i64;
         let add = i64::from(count_attempt);
-        let parts = self.conn.execute(
-            "UPDATE partitions SET attempts = attempts + ?4, last_error = ?1, lease_token = NULL,
-                 status = CASE WHEN attempts + ?4 >= ?2 THEN 'failed' ELSE 'pending' END
-             WHERE lease_token = ?3 AND status = 'leased'",
-            params![outcome, max, token, add],
-        )?;
-        let pkgs = self.conn.execute(
-            "UPDATE packages SET attempts = attempts + ?4, last_error = ?1, lease_token = NULL,
-                 status = CASE WHEN attempts + ?4 >= ?2 THEN 'failed' ELSE 'pending' END
-             WHERE lease_token = ?3 AND status = 'leased'",
-            params![outcome, max, token, add],
-        )?;
+        let mut returned = 0;
+        for table in ["partitions", "packages"] {
+            returned += self.conn.execute(
+                &format!(
+                    "UPDATE {table} SET attempts = attempts + ?4, last_error = ?1, lease_token = NULL,
+                         status = CASE WHEN attempts + ?4 >= ?2 THEN 'failed' ELSE 'pending' END
+                     WHERE lease_token = ?3 AND status = 'leased'"
+                ),
+                params![outcome, max, token, add],
+            )?;
+        }
         self.conn.execute(
             "UPDATE leases SET ended_ms = ?1, outcome = ?2 WHERE token = ?3",
             params![now_ms(), outcome, token],
         )?;
-        Ok((parts + pkgs) as u64)
+        Ok(returned as u64)
     }
 
     /// Whether anything is pending or leased (exact, and cheap on a large checkpoint).

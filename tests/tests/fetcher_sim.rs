@@ -54,6 +54,22 @@ async fn sim(cfg: SimConfig) -> anyhow::Result<SimServer> {
     SimServer::start(any_port(), cfg).await
 }
 
+/// A simulator answering each packument after 50 ms, a fetcher, and a lease for all 300
+/// of its names: slow enough to act on mid-lease.
+async fn slow_lease(
+    tag: &str,
+) -> anyhow::Result<(SimServer, FetcherServer, Vec<(String, String)>, Lease)> {
+    let sim = sim(SimConfig {
+        latency_ms: 50,
+        ..small(300)
+    })
+    .await?;
+    let fetcher = FetcherServer::start(Credentials::new()).await?;
+    let items = listing(&sim);
+    let lease = packument_lease(&sim.url(), &memory_store(tag), &items);
+    Ok((sim, fetcher, items, lease))
+}
+
 /// A fresh `memory://` store URL, unique within this test process.
 fn memory_store(tag: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -660,14 +676,7 @@ async fn the_rate_limit_spaces_requests() -> anyhow::Result<()> {
 /// fetcher stops sending requests to the registry at once instead of finishing the lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_stream_stops_the_lease() -> anyhow::Result<()> {
-    let sim = sim(SimConfig {
-        latency_ms: 50,
-        ..small(300)
-    })
-    .await?;
-    let fetcher = FetcherServer::start(Credentials::new()).await?;
-    let items = listing(&sim);
-    let mut lease = packument_lease(&sim.url(), &memory_store("dropped"), &items);
+    let (sim, fetcher, items, mut lease) = slow_lease("dropped").await?;
     lease.concurrency = 2;
 
     let mut active = fetcher.service.active_leases();
@@ -716,14 +725,7 @@ async fn a_dropped_stream_stops_the_lease() -> anyhow::Result<()> {
 /// that says so and counts the work not done, so it can be leased again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_ends_at_its_deadline_with_its_unfinished_work_counted() -> anyhow::Result<()> {
-    let sim = sim(SimConfig {
-        latency_ms: 50,
-        ..small(300)
-    })
-    .await?;
-    let fetcher = FetcherServer::start(Credentials::new()).await?;
-    let items = listing(&sim);
-    let mut lease = packument_lease(&sim.url(), &memory_store("deadline"), &items);
+    let (_sim, fetcher, _, mut lease) = slow_lease("deadline").await?;
     lease.concurrency = 1;
     lease.deadline_unix_ms = now_unix_ms() + 300;
     let started = Instant::now();
@@ -747,13 +749,7 @@ async fn a_lease_ends_at_its_deadline_with_its_unfinished_work_counted() -> anyh
 /// deadline), so the coordinator hands that work out again right away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_fetcher_ends_its_leases_cleanly() -> anyhow::Result<()> {
-    let sim = sim(SimConfig {
-        latency_ms: 50,
-        ..small(300)
-    })
-    .await?;
-    let fetcher = FetcherServer::start(Credentials::new()).await?;
-    let mut lease = packument_lease(&sim.url(), &memory_store("stop"), &listing(&sim));
+    let (_sim, fetcher, _, mut lease) = slow_lease("stop").await?;
     lease.concurrency = 2;
     let mut client = fetcher.client().await?;
     let mut stream = client.fetch(lease).await?.into_inner();
