@@ -19,8 +19,14 @@ pub enum ProgressMode {
     None,
 }
 
-/// Shows progress until the task is aborted.
-pub async fn show(service: CoordinatorService, mode: ProgressMode, every: Duration) {
+/// Shows progress until `stop` fires (or its sender is dropped); bars are then drawn one
+/// last time at their final values.
+pub async fn show(
+    service: CoordinatorService,
+    mode: ProgressMode,
+    every: Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     let bars = match mode {
         ProgressMode::Auto => std::io::stderr().is_terminal(),
         ProgressMode::Bars => true,
@@ -28,10 +34,13 @@ pub async fn show(service: CoordinatorService, mode: ProgressMode, every: Durati
         ProgressMode::None => return,
     };
     if bars {
-        show_bars(service).await
+        show_bars(service, stop).await
     } else {
         loop {
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = &mut stop => return,
+            }
             if let Ok(p) = service.progress().await {
                 tracing::info!(
                     state = state_name(p.state),
@@ -52,7 +61,7 @@ pub async fn show(service: CoordinatorService, mode: ProgressMode, every: Durati
     }
 }
 
-async fn show_bars(service: CoordinatorService) {
+async fn show_bars(service: CoordinatorService, mut stop: tokio::sync::oneshot::Receiver<()>) {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let style = ProgressStyle::with_template("{prefix:>11} [{bar:40}] {pos}/{len} {msg}")
         .expect("valid template")
@@ -68,6 +77,10 @@ async fn show_bars(service: CoordinatorService) {
             .with_prefix("packuments"),
     );
     loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => false,
+            _ = &mut stop => true,
+        };
         if let Ok(p) = service.progress().await {
             parts.set_length(p.partitions_total);
             parts.set_position(p.partitions_done + p.partitions_failed);
@@ -85,7 +98,11 @@ async fn show_bars(service: CoordinatorService) {
                 p.packuments_failed
             ));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        if stopping {
+            parts.finish();
+            docs.finish();
+            return;
+        }
     }
 }
 

@@ -304,16 +304,19 @@ async fn job(args: JobArgs, stay: bool) -> anyhow::Result<ExitCode> {
     let stop = telemetry::shutdown_signal();
     tokio::pin!(stop);
     loop {
+        let (stop_display, display_stopped) = tokio::sync::oneshot::channel();
         let display = tokio::spawn(display::show(
             service.clone(),
             args.progress,
             args.progress_interval,
+            display_stopped,
         ));
         let outcome = tokio::select! {
             result = scheduler.clone().run() => Some(result?),
             _ = &mut stop => None,
         };
-        display.abort();
+        let _ = stop_display.send(());
+        let _ = display.await;
         if outcome.is_none() {
             for f in &fetchers {
                 if let FetcherHandle::Local(svc) = f {

@@ -151,7 +151,7 @@ impl FetchService {
         let mut summary = summary_for(&lease, &tally, started, total, deadline_exceeded);
         summary.requests = http.counters.requests.load(Ordering::Relaxed);
         summary.retries = http.counters.retries.load(Ordering::Relaxed);
-        tracing::info!(
+        tracing::debug!(
             lease = %lease.lease_id, attempt = lease.attempt, rows = summary.rows,
             stored = summary.stored, missing = summary.missing, failed = summary.failed,
             bytes = summary.bytes, requests = summary.requests, ms = summary.duration_ms,
