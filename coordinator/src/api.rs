@@ -73,6 +73,7 @@ pub fn progress_of(counts: &Counts, state: RunState, stats: &Stats) -> Progress 
         eta_seconds,
         elapsed_ms: stats.elapsed().as_millis() as u64,
         packuments_fetched_this_run: stats.fetched.load(std::sync::atomic::Ordering::Relaxed),
+        packuments_rev_mismatch: counts.packuments_rev_mismatch,
     }
 }
 

@@ -73,6 +73,7 @@ pub struct Counts {
     pub packuments_pending: u64,
     pub packuments_leased: u64,
     pub bytes_stored: u64,
+    pub packuments_rev_mismatch: u64,
 }
 
 impl Counts {
@@ -281,11 +282,12 @@ impl Db {
         for (key, given) in identity.entries() {
             if let Some(recorded) = self.meta(key)? {
                 if recorded != given {
+                    // URLs may carry credentials: never echo them.
                     return Err(CheckpointError::ConfigMismatch {
                         path: path.to_string(),
                         key: key.to_string(),
-                        recorded,
-                        given,
+                        recorded: alldocs_fetcher::http::redact(&recorded),
+                        given: alldocs_fetcher::http::redact(&given),
                     });
                 }
             }
@@ -637,13 +639,14 @@ impl Db {
         {
             // One pass over the packages for every figure.
             let mut stmt = self.conn.prepare_cached(
-                "SELECT status, COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(seen_run = ?1), 0)
+                "SELECT status, COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(seen_run = ?1), 0),
+                        COALESCE(SUM(doc_rev IS NOT NULL AND doc_rev != '' AND doc_rev != stored_rev), 0)
                  FROM packages GROUP BY status",
             )?;
             let mut rows = stmt.query([self.run])?;
             while let Some(r) = rows.next()? {
-                let (status, n, bytes, seen): (String, i64, i64, i64) =
-                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+                let (status, n, bytes, seen, mismatch): (String, i64, i64, i64, i64) =
+                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
                 let n = n as u64;
                 c.rows_indexed += seen as u64;
                 if status == "removed" {
@@ -654,6 +657,7 @@ impl Db {
                     "stored" => {
                         c.packuments_done = n;
                         c.bytes_stored = bytes as u64;
+                        c.packuments_rev_mismatch = mismatch as u64;
                     }
                     "missing" => c.packuments_missing = n,
                     "failed" => c.packuments_failed = n,
@@ -963,6 +967,35 @@ mod tests {
                 counts.partitions_done
             ),
             (1, 2, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn documents_whose_rev_lags_the_index_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ck, _) =
+            Checkpoint::open(&dir.path().join("c.sqlite"), &identity("s"), &plan(), 3).unwrap();
+        index(&ck, &[("a", "2-new"), ("b", "1-b")]).await;
+        let counts = ck
+            .call(|db| {
+                let t = db.next_token()?;
+                db.lease_packuments(t, 10)?;
+                let mut lagging = stored("a", "2-new");
+                if let Event::Stored(s) = &mut lagging {
+                    s.doc_rev = "1-old".into(); // the registry still served the previous revision
+                }
+                let mut current = stored("b", "1-b");
+                if let Event::Stored(s) = &mut current {
+                    s.doc_rev = "1-b".into();
+                }
+                db.apply(t, &[lagging, current])?;
+                db.counts_now()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (counts.packuments_done, counts.packuments_rev_mismatch),
+            (2, 1)
         );
     }
 

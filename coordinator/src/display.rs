@@ -166,6 +166,13 @@ pub fn table(p: &Progress) -> String {
             "fetched now",
             format!("{} this run", p.packuments_fetched_this_run),
         ),
+        (
+            "rev lag",
+            format!(
+                "{} stored documents carry another _rev than the index listed",
+                p.packuments_rev_mismatch
+            ),
+        ),
         ("bytes stored", human_bytes(p.bytes_stored)),
         (
             "rate",
@@ -209,5 +216,6 @@ pub fn to_json(p: &Progress) -> serde_json::Value {
         "eta_seconds": p.eta_seconds,
         "elapsed_ms": p.elapsed_ms,
         "packuments_fetched_this_run": p.packuments_fetched_this_run,
+        "packuments_rev_mismatch": p.packuments_rev_mismatch,
     })
 }

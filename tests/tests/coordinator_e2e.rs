@@ -222,6 +222,7 @@ async fn run_against_pouchdb_stores_every_real_packument_exactly() -> anyhow::Re
         assert_eq!(json_u64(&p, "packuments_missing").ok(), Some(0));
         assert_eq!(json_u64(&p, "packuments_failed").ok(), Some(0));
         assert_eq!(json_u64(&p, "bytes_stored").ok(), Some(bytes));
+        assert_eq!(json_u64(&p, "packuments_rev_mismatch").ok(), Some(0));
     }
     assert_eq!(done.packuments_done, n);
 

@@ -17,7 +17,7 @@ use serde_json::Value;
 const VERSIONS: [&str; 2] = ["v1", "v1alpha"];
 
 /// Every field of `alldocs.v1.Progress`, by its proto name.
-const PROGRESS_FIELDS: [&str; 18] = [
+const PROGRESS_FIELDS: [&str; 19] = [
     "state",
     "partitions_total",
     "partitions_done",
@@ -36,6 +36,7 @@ const PROGRESS_FIELDS: [&str; 18] = [
     "eta_seconds",
     "elapsed_ms",
     "packuments_fetched_this_run",
+    "packuments_rev_mismatch",
 ];
 
 /// Runs blocking work (the client is a subprocess) off the runtime's worker threads.
