@@ -69,7 +69,7 @@ impl FetchError {
 
     pub(crate) fn transport(url: &str, err: &reqwest::Error) -> Self {
         // reqwest's Display names the URL; describe the cause without it.
-        let mut message = err.without_url_ref().to_string();
+        let mut message = describe(err).to_string();
         let mut source = std::error::Error::source(err);
         while let Some(s) = source {
             message.push_str(": ");
@@ -83,21 +83,16 @@ impl FetchError {
     }
 }
 
-trait WithoutUrlRef {
-    fn without_url_ref(&self) -> String;
-}
-
-impl WithoutUrlRef for reqwest::Error {
-    fn without_url_ref(&self) -> String {
-        if self.is_timeout() {
-            "timed out".into()
-        } else if self.is_connect() {
-            "could not connect".into()
-        } else if self.is_body() || self.is_decode() {
-            "the response body broke off".into()
-        } else {
-            "transport error".into()
-        }
+/// What went wrong with a request, in words that name no URL (reqwest's own Display does).
+fn describe(err: &reqwest::Error) -> &'static str {
+    if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "could not connect"
+    } else if err.is_body() || err.is_decode() {
+        "the response body broke off"
+    } else {
+        "transport error"
     }
 }
 
