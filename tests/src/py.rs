@@ -36,6 +36,17 @@ pub fn script() -> PathBuf {
     py_dir().join("grpc_reflect.py")
 }
 
+/// An executable the venv's packages installed (`moto_server`, …), next to its python.
+pub fn venv_tool(name: &str) -> Result<PathBuf> {
+    let python = python_env()?;
+    let tool = python.with_file_name(name);
+    if tool.exists() {
+        Ok(tool)
+    } else {
+        bail!("{} is not installed next to {}", name, python.display())
+    }
+}
+
 /// The python executable of an environment with the packages of `tests/py/requirements.txt`:
 /// `$ALLDOCS_PYTHON` if set, else the venv `tests/py/.venv` (or `$ALLDOCS_PY_VENV`), created
 /// and installed on first use under the file lock `tests/py/.install.lock`, and reinstalled
@@ -59,6 +70,7 @@ if sys.argv[2] != "--any-version":
         if not line:
             continue
         name, _, want = line.partition("==")
+        name = name.split("[")[0]  # extras, as in moto[server]
         try:
             have = md.version(name.strip())
         except md.PackageNotFoundError:

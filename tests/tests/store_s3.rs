@@ -1,0 +1,197 @@
+//! `--store s3://BUCKET/PREFIX` end to end: the real `coordinator` writes a snapshot into an
+//! S3-compatible server on loopback (`moto_server`, from PyPI), large documents as
+//! multipart uploads, and every object reads back byte for byte.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+};
+
+use alldocs_fetcher::packument::SPILL_BYTES;
+use alldocs_tests::{
+    pouch::free_port,
+    procs::{args, run},
+    py::{venv_tool, workspace_bin},
+    sim::{Registry, SimConfig, SimServer},
+};
+use anyhow::{bail, Context, Result};
+
+/// A `moto_server` on a free loopback port, killed when dropped.
+struct S3Server {
+    child: Child,
+    url: String,
+}
+
+impl S3Server {
+    fn start() -> Result<Self> {
+        let bin = venv_tool("moto_server")?;
+        let port = free_port()?;
+        let mut child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting moto_server")?;
+        // It says where it listens on stderr once it accepts connections.
+        let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("Running on"));
+        std::thread::spawn(move || lines.for_each(drop));
+        if !ready {
+            let _ = child.kill();
+            bail!("moto_server exited before it listened");
+        }
+        Ok(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        })
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Downloads every object under a prefix: `DOWNLOAD ENDPOINT BUCKET PREFIX DIR`.
+const DOWNLOAD: &str = r#"
+import os, sys, boto3
+endpoint, bucket, prefix, out = sys.argv[1:5]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                  aws_access_key_id="test", aws_secret_access_key="test")
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+    for obj in page.get("Contents", []):
+        path = os.path.join(out, obj["Key"][len(prefix):])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        s3.download_file(bucket, obj["Key"], path)
+"#;
+
+/// A small registry with at least one document larger than the fetcher holds in memory.
+fn config_with_a_large_document() -> SimConfig {
+    (1..100)
+        .map(|seed| SimConfig {
+            packages: 24,
+            mean_bytes: 1_500_000,
+            seed,
+            ..Default::default()
+        })
+        .find(|cfg| {
+            let registry = Registry::new(cfg);
+            let large = registry
+                .names()
+                .any(|n| registry.document_len(n, false).unwrap_or(0) > SPILL_BYTES);
+            large
+        })
+        .expect("some seed gives a document over 8 MiB")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_into_s3_reads_back_byte_for_byte() -> Result<()> {
+    let s3 = tokio::task::block_in_place(S3Server::start)?;
+    let created = reqwest::Client::new()
+        .put(format!("{}/snapshots", s3.url))
+        .send()
+        .await?;
+    assert!(
+        created.status().is_success(),
+        "create bucket: {}",
+        created.status()
+    );
+
+    let sim = SimServer::start("127.0.0.1:0".parse()?, config_with_a_large_document()).await?;
+    let dir = tempfile::tempdir()?;
+    let store = "s3://snapshots/npm/2026-11";
+    let job = args(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        dir.path().join("alldocs.sqlite").to_str().unwrap(),
+        "--store",
+        store,
+        "--replicate-origin",
+        &sim.url(),
+        "--registry",
+        &sim.url(),
+        "--pivots",
+        "@,a,m",
+        "--rate-limit",
+        "0",
+        "--progress",
+        "none",
+    ]);
+    let env = [
+        ("AWS_ENDPOINT", s3.url.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let (code, out, err) = run(&workspace_bin("coordinator")?, &job, &env)?;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+
+    // Every object, downloaded with an independent S3 client (boto3), is the registry's
+    // document byte for byte.
+    let copy = tempfile::tempdir()?;
+    let python = alldocs_tests::py::python_env()?;
+    let (code, _, err) = run(
+        &python,
+        &args(&[
+            "-c",
+            DOWNLOAD,
+            &s3.url,
+            "snapshots",
+            "npm/2026-11/",
+            copy.path().to_str().unwrap(),
+        ]),
+        &[],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let registry = sim.registry();
+    let mut large = 0;
+    for name in registry.names() {
+        let path = copy.path().join(format!("packuments/{name}.json"));
+        let body = std::fs::read(&path).with_context(|| format!("{} in S3", path.display()))?;
+        if body.len() > SPILL_BYTES {
+            large += 1;
+        }
+        assert!(
+            Some(body) == registry.document(name, false),
+            "{name} byte for byte"
+        );
+    }
+    assert!(
+        large >= 1,
+        "a document over 8 MiB went through the multipart path"
+    );
+    let index = std::fs::read_to_string(copy.path().join("index/_40+a.jsonl"))?;
+    let index_rows = ["+_40", "_40+a", "a+m", "m+"]
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(copy.path().join(format!("index/{p}.jsonl")))
+                .map(|t| t.lines().count())
+        })
+        .sum::<Result<usize, _>>()?;
+    assert_eq!(
+        index_rows,
+        registry.len(),
+        "the index objects hold every row: {index}"
+    );
+
+    let conn = rusqlite::Connection::open(dir.path().join("alldocs.sqlite"))?;
+    let uri: String = conn.query_row(
+        "SELECT uri FROM packages WHERE status = 'stored' LIMIT 1",
+        [],
+        |r| r.get(0),
+    )?;
+    assert!(
+        uri.starts_with("s3://snapshots/npm/2026-11/packuments/"),
+        "{uri}"
+    );
+    Ok(())
+}
