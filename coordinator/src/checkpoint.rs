@@ -480,21 +480,18 @@ impl Db {
                         params![format!("HTTP {}", m.http_status), m.name, token],
                     )?;
                 }
-                Event::Failed(f) if f.name.is_empty() => {
-                    self.fail_partition(token, &f.reason, f.retryable)?;
-                }
                 Event::Failed(f) => {
-                    let attempts_left = if f.retryable {
+                    // A failure that retrying cannot help fails at once.
+                    let limit = if f.retryable {
                         self.max_attempts as i64
                     } else {
                         0
                     };
-                    self.conn.execute(
-                        "UPDATE packages SET attempts = attempts + 1, last_error = ?1, lease_token = NULL,
-                             status = CASE WHEN attempts + 1 >= ?2 THEN 'failed' ELSE 'pending' END
-                         WHERE name = ?3 AND lease_token = ?4 AND status = 'leased'",
-                        params![f.reason, attempts_left, f.name, token],
-                    )?;
+                    let (table, name) = match f.name.as_str() {
+                        "" => ("partitions", None),
+                        name => ("packages", Some(name)),
+                    };
+                    self.give_back(table, token, name, &f.reason, 1, limit)?;
                 }
                 Event::Summary(_) => {}
             }
@@ -514,19 +511,26 @@ impl Db {
             .is_some())
     }
 
-    fn fail_partition(&self, token: i64, reason: &str, retryable: bool) -> rusqlite::Result<()> {
-        let attempts_left = if retryable {
-            self.max_attempts as i64
-        } else {
-            0
-        };
+    /// Gives back what `token` holds in `table` (only `name`, if given): the attempt
+    /// counted `add` times, then failed with `reason` once attempts reach `limit`, else
+    /// pending again. Returns how many rows went back.
+    fn give_back(
+        &self,
+        table: &str,
+        token: i64,
+        name: Option<&str>,
+        reason: &str,
+        add: i64,
+        limit: i64,
+    ) -> rusqlite::Result<usize> {
         self.conn.execute(
-            "UPDATE partitions SET attempts = attempts + 1, last_error = ?1, lease_token = NULL,
-                 status = CASE WHEN attempts + 1 >= ?2 THEN 'failed' ELSE 'pending' END
-             WHERE lease_token = ?3 AND status = 'leased'",
-            params![reason, attempts_left, token],
-        )?;
-        Ok(())
+            &format!(
+                "UPDATE {table} SET attempts = attempts + ?1, last_error = ?2, lease_token = NULL,
+                     status = CASE WHEN attempts + ?1 >= ?3 THEN 'failed' ELSE 'pending' END
+                 WHERE lease_token = ?4 AND status = 'leased' AND (?5 IS NULL OR name = ?5)"
+            ),
+            params![add, reason, limit, token, name],
+        )
     }
 
     fn upsert_package(&self, partition: &str, name: &str, rev: &str) -> rusqlite::Result<()> {
@@ -568,18 +572,11 @@ impl Db {
         outcome: &str,
         count_attempt: bool,
     ) -> rusqlite::Result<u64> {
-        let max = self.max_attempts as i64;
+        let limit = self.max_attempts as i64;
         let add = i64::from(count_attempt);
         let mut returned = 0;
         for table in ["partitions", "packages"] {
-            returned += self.conn.execute(
-                &format!(
-                    "UPDATE {table} SET attempts = attempts + ?4, last_error = ?1, lease_token = NULL,
-                         status = CASE WHEN attempts + ?4 >= ?2 THEN 'failed' ELSE 'pending' END
-                     WHERE lease_token = ?3 AND status = 'leased'"
-                ),
-                params![outcome, max, token, add],
-            )?;
+            returned += self.give_back(table, token, None, outcome, add, limit)?;
         }
         self.conn.execute(
             "UPDATE leases SET ended_ms = ?1, outcome = ?2 WHERE token = ?3",
