@@ -10,12 +10,7 @@ mod plan;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
-use alldocs_fetcher::{
-    grpc,
-    npmrc::{NpmConfig, Secret},
-    store::StoreLocation,
-    telemetry, FetchService,
-};
+use alldocs_fetcher::{grpc, npmrc::NpmConfig, store::StoreLocation, telemetry, FetchService};
 use alldocs_proto::v1::{
     coordinator_client::CoordinatorClient, coordinator_server::CoordinatorServer, Accept,
     GetProgressRequest, ListFailuresRequest, RunState,
@@ -219,12 +214,7 @@ async fn job(args: JobArgs, stay: bool) -> anyhow::Result<ExitCode> {
         ));
     }
     let fetchers: Vec<FetcherHandle> = if args.fetchers.is_empty() {
-        let mut credentials = npm.credentials.clone();
-        if let Ok(token) = std::env::var("NPM_TOKEN") {
-            if !token.trim().is_empty() && credentials.token_for(&registry).is_none() {
-                credentials.insert(&registry, Secret::new(token));
-            }
-        }
+        let credentials = npm.credentials.clone().with_env_token(&registry);
         vec![FetcherHandle::Local(FetchService::new(credentials))]
     } else {
         args.fetchers

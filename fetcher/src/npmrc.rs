@@ -53,6 +53,20 @@ impl Credentials {
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
+
+    /// Binds `NPM_TOKEN` (if set) to `registry`, unless a token for it is configured
+    /// already: npm's convention for the one registry a machine talks to.
+    pub fn with_env_token(mut self, registry: &str) -> Self {
+        let token = std::env::var("NPM_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty());
+        if let Some(token) = token {
+            if self.token_for(registry).is_none() {
+                self.insert(registry, Secret::new(token));
+            }
+        }
+        self
+    }
 }
 
 /// `https://host:8080/path/x` → `//host:8080/path/x/`: npm's scheme-less key for a URL.
@@ -93,10 +107,8 @@ impl NpmConfig {
             cfg.registry = Some(reg);
             cfg.registry_source = Some("npm_config_registry".into());
         }
-        if let (Some(token), Some(reg)) = (env("NPM_TOKEN"), cfg.registry.clone()) {
-            if cfg.credentials.token_for(&reg).is_none() {
-                cfg.credentials.insert(&reg, Secret::new(token));
-            }
+        if let Some(reg) = &cfg.registry {
+            cfg.credentials = cfg.credentials.with_env_token(reg);
         }
         cfg
     }
@@ -107,13 +119,9 @@ impl NpmConfig {
         let mut cfg = Self::from_env_and_files();
         if cfg.registry.is_none() {
             if let Some(reg) = npm_config_get_registry() {
-                cfg.registry = Some(reg.clone());
+                cfg.credentials = cfg.credentials.with_env_token(&reg);
+                cfg.registry = Some(reg);
                 cfg.registry_source = Some("npm config get registry".into());
-                if let Ok(token) = std::env::var("NPM_TOKEN") {
-                    if !token.trim().is_empty() && cfg.credentials.token_for(&reg).is_none() {
-                        cfg.credentials.insert(&reg, Secret::new(token));
-                    }
-                }
             }
         }
         cfg
@@ -237,6 +245,30 @@ mod tests {
             .token_for("https://registry.example:8443/npm/x")
             .is_none());
         assert!(!format!("{creds:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn npm_token_binds_to_the_registry_unless_npmrc_has_one() {
+        std::env::set_var("NPM_TOKEN", "from-env");
+        let mut configured = Credentials::new();
+        configured.insert("https://registry.example/", Secret::new("from-npmrc"));
+        let kept = configured.with_env_token("https://registry.example/");
+        assert_eq!(
+            kept.token_for("https://registry.example/x")
+                .map(Secret::expose),
+            Some("from-npmrc")
+        );
+        let bound = Credentials::new().with_env_token("https://other.example/npm/");
+        assert_eq!(
+            bound
+                .token_for("https://other.example/npm/x")
+                .map(Secret::expose),
+            Some("from-env")
+        );
+        assert!(
+            bound.token_for("https://registry.example/x").is_none(),
+            "only its own registry"
+        );
     }
 
     #[test]
