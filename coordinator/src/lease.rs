@@ -48,7 +48,6 @@ pub struct Stats {
     pub rows: AtomicU64,
     pub bytes: AtomicU64,
     pub in_flight: AtomicUsize,
-    pub leases: AtomicU64,
     samples: Mutex<VecDeque<(Instant, u64, u64, u64)>>,
 }
 
@@ -207,7 +206,7 @@ impl Scheduler {
                     break;
                 };
                 let fetcher = self.fetchers[f].clone();
-                let Some((token, work)) = self
+                let Some((token, work, deadline_ms)) = self
                     .pick(&fetcher, index_running.load(Ordering::Relaxed))
                     .await?
                 else {
@@ -220,9 +219,8 @@ impl Scheduler {
                 let this = self.clone();
                 let index_running = index_running.clone();
                 self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                self.stats.leases.fetch_add(1, Ordering::Relaxed);
                 tasks.spawn(async move {
-                    let unreachable = this.run_lease(&fetcher, token, work).await;
+                    let unreachable = this.run_lease(&fetcher, token, work, deadline_ms).await;
                     this.record_health(f, unreachable);
                     if is_index {
                         index_running.fetch_sub(1, Ordering::Relaxed);
@@ -273,7 +271,7 @@ impl Scheduler {
         &self,
         fetcher: &FetcherHandle,
         index_running: usize,
-    ) -> Result<Option<(i64, Work)>, CheckpointError> {
+    ) -> Result<Option<(i64, Work, i64)>, CheckpointError> {
         let lease_size = self.settings.lease_size;
         let index_slots = (self.settings.max_in_flight / 2).max(1);
         let fetcher_name = fetcher.name().to_string();
@@ -297,12 +295,12 @@ impl Scheduler {
                 if let Some(w) = &work {
                     db.record_lease(token, w, &fetcher_name, deadline_ms)?;
                 }
-                Ok(work.map(|w| (token, w)))
+                Ok(work.map(|w| (token, w, deadline_ms)))
             })
             .await
     }
 
-    fn lease_for(&self, token: i64, work: &Work) -> Lease {
+    fn lease_for(&self, token: i64, work: &Work, deadline_ms: i64) -> Lease {
         let s = &self.settings;
         let share = if s.rate_limit > 0.0 {
             s.rate_limit / s.max_in_flight as f64
@@ -312,7 +310,7 @@ impl Scheduler {
         Lease {
             lease_id: format!("lease-{token}"),
             attempt: token as u64,
-            deadline_unix_ms: now_ms() + s.lease_duration.as_millis() as i64,
+            deadline_unix_ms: deadline_ms,
             replicate_origin: s.replicate_origin.clone(),
             registry: s.registry.clone(),
             store_url: s.store.clone(),
@@ -343,8 +341,14 @@ impl Scheduler {
 
     /// Runs one lease to its end and gives back whatever it did not finish. Returns
     /// whether the fetcher could not be reached at all.
-    async fn run_lease(&self, fetcher: &FetcherHandle, token: i64, work: Work) -> Option<String> {
-        let lease = self.lease_for(token, &work);
+    async fn run_lease(
+        &self,
+        fetcher: &FetcherHandle,
+        token: i64,
+        work: Work,
+        deadline_ms: i64,
+    ) -> Option<String> {
+        let lease = self.lease_for(token, &work, deadline_ms);
         // Past the deadline the fetcher stops by itself; give it a little longer to say so.
         let give_up =
             tokio::time::Instant::now() + self.settings.lease_duration + Duration::from_secs(30);

@@ -61,9 +61,6 @@ pub struct ClientGone;
 
 impl From<ClientGone> for FetchError {
     fn from(_: ClientGone) -> Self {
-        FetchError::Protocol {
-            url: String::new(),
-            message: "the client went away".into(),
-        }
+        FetchError::ClientGone
     }
 }

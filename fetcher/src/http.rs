@@ -36,6 +36,8 @@ pub enum FetchError {
     Protocol { url: String, message: String },
     #[error("writing {uri} failed: {message}")]
     Store { uri: String, message: String },
+    #[error("the client went away")]
+    ClientGone,
 }
 
 impl FetchError {
@@ -48,7 +50,7 @@ impl FetchError {
                     || *status == StatusCode::TOO_MANY_REQUESTS
                     || *status == StatusCode::REQUEST_TIMEOUT
             }
-            Self::Protocol { .. } => false,
+            Self::Protocol { .. } | Self::ClientGone => false,
         }
     }
 

@@ -5,7 +5,6 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
@@ -57,7 +56,7 @@ impl PouchServer {
         let workdir = tempfile::tempdir()?; // it writes log.txt and config.json to its cwd
         let mut last_err = None;
         for _ in 0..5 {
-            let port = free_port()?;
+            let port = crate::procs::free_port()?;
             let mut child = Command::new(&bin)
                 .args([
                     "--in-memory",
@@ -156,27 +155,5 @@ impl Drop for PouchServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A port that was free a moment ago (pouchdb-server cannot be told to pick one).
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Waits for `url` to answer at all, for peers whose readiness has no other signal.
-pub async fn wait_until_up(url: &str, timeout: Duration) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let client = reqwest::Client::new();
-    loop {
-        if client.get(url).send().await.is_ok() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("{url} did not come up within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

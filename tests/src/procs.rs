@@ -125,6 +125,14 @@ fn command(bin: &Path, args: &[String], envs: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// A loopback port that was free a moment ago, for servers that cannot be told to pick
+/// one themselves (pouchdb-server, moto_server) or an address nothing listens on.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// Strings from `&str`s, for argument lists.
 pub fn args(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()

@@ -438,7 +438,7 @@ async fn a_fetcher_that_dies_mid_run_costs_nothing_and_none_at_all_is_a_clear_er
 
     // No fetcher answers at all: `run` says so and stops, nothing is failed, and the
     // checkpoint carries on once a fetcher is there.
-    let dead = format!("http://127.0.0.1:{}", alldocs_tests::pouch::free_port()?);
+    let dead = format!("http://127.0.0.1:{}", alldocs_tests::procs::free_port()?);
     let dir = tempfile::tempdir()?;
     let opts = ["--pivots", "m", "--fetcher", &dead];
     let (code, _, err) = run(

@@ -9,8 +9,7 @@ use std::{
 
 use alldocs_fetcher::packument::SPILL_BYTES;
 use alldocs_tests::{
-    pouch::free_port,
-    procs::{args, run},
+    procs::{args, free_port, run},
     py::{venv_tool, workspace_bin},
     sim::{Registry, SimConfig, SimServer},
 };
