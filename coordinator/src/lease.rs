@@ -309,7 +309,7 @@ impl Scheduler {
         };
         Lease {
             lease_id: format!("lease-{token}"),
-            attempt: token as u64,
+            fencing_token: token as u64,
             deadline_unix_ms: deadline_ms,
             replicate_origin: s.replicate_origin.clone(),
             registry: s.registry.clone(),

@@ -135,7 +135,7 @@ impl FetchService {
         let work = do_work(&lease, &http, &store, &sink, &tally);
         let (total, deadline_exceeded) = tokio::select! {
             _ = sink.closed() => {
-                tracing::info!(lease = %lease.lease_id, attempt = lease.attempt, "client went away; lease stopped");
+                tracing::info!(lease = %lease.lease_id, fencing_token = lease.fencing_token, "client went away; lease stopped");
                 return;
             }
             _ = self.stopping.cancelled() => {
@@ -152,7 +152,7 @@ impl FetchService {
         summary.requests = http.counters.requests.load(Ordering::Relaxed);
         summary.retries = http.counters.retries.load(Ordering::Relaxed);
         tracing::debug!(
-            lease = %lease.lease_id, attempt = lease.attempt, rows = summary.rows,
+            lease = %lease.lease_id, fencing_token = lease.fencing_token, rows = summary.rows,
             stored = summary.stored, missing = summary.missing, failed = summary.failed,
             bytes = summary.bytes, requests = summary.requests, ms = summary.duration_ms,
             "lease finished"
@@ -196,7 +196,7 @@ fn summary_for(
     };
     LeaseSummary {
         lease_id: lease.lease_id.clone(),
-        attempt: lease.attempt,
+        fencing_token: lease.fencing_token,
         rows: tally.rows.load(Ordering::Relaxed),
         stored,
         missing,

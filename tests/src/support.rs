@@ -65,7 +65,7 @@ impl Drop for FetcherServer {
 pub fn lease(id: &str, store_url: &str, work: Work) -> Lease {
     Lease {
         lease_id: id.to_string(),
-        attempt: 1,
+        fencing_token: 1,
         deadline_unix_ms: 0,
         replicate_origin: String::new(),
         registry: String::new(),
