@@ -14,6 +14,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // `coordinator status --json` prints Progress with the proto's field names.
+        .type_attribute(".alldocs.v1.Progress", "#[derive(serde::Serialize)]")
+        .field_attribute(
+            ".alldocs.v1.Progress.state",
+            "#[serde(serialize_with = \"crate::serialize_run_state\")]",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

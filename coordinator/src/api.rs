@@ -13,7 +13,8 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     checkpoint::{Checkpoint, CheckpointError, Counts},
-    lease::{state_of, Stats},
+    rates::Stats,
+    scheduler::state_of,
 };
 
 /// Serves progress from the checkpoint and the scheduler's live figures.
@@ -34,13 +35,7 @@ fn internal(e: CheckpointError) -> Status {
 pub fn progress_of(counts: &Counts, state: RunState, stats: &Stats) -> Progress {
     // While running: rates over the recent past. Once done: the average over the run.
     let rates = if state == RunState::Done {
-        let secs = stats.elapsed().as_secs_f64().max(1e-3);
-        let per = |n: u64| n as f64 / secs;
-        crate::lease::Rates {
-            packuments_per_second: per(stats.fetched.load(std::sync::atomic::Ordering::Relaxed)),
-            rows_per_second: per(stats.rows.load(std::sync::atomic::Ordering::Relaxed)),
-            bytes_per_second: per(stats.bytes.load(std::sync::atomic::Ordering::Relaxed)),
-        }
+        stats.average()
     } else {
         stats.rates()
     };
@@ -65,14 +60,15 @@ pub fn progress_of(counts: &Counts, state: RunState, stats: &Stats) -> Progress 
         packuments_missing: counts.packuments_missing,
         packuments_failed: counts.packuments_failed,
         bytes_stored: counts.bytes_stored,
-        packuments_pending: remaining,
-        leases_in_flight: stats.in_flight.load(std::sync::atomic::Ordering::Relaxed) as u64,
+        packuments_pending: counts.packuments_pending,
+        packuments_leased: counts.packuments_leased,
+        leases_in_flight: stats.leases_in_flight(),
         packuments_per_second: rates.packuments_per_second,
         rows_per_second: rates.rows_per_second,
         bytes_per_second: rates.bytes_per_second,
         eta_seconds,
         elapsed_ms: stats.elapsed().as_millis() as u64,
-        packuments_fetched_this_run: stats.fetched.load(std::sync::atomic::Ordering::Relaxed),
+        packuments_fetched_this_run: stats.fetched(),
         packuments_rev_mismatch: counts.packuments_rev_mismatch,
     }
 }

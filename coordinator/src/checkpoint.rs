@@ -333,7 +333,7 @@ impl Db {
             };
             self.conn.execute(
                 "UPDATE leases SET ended_ms = ?1, outcome = 'abandoned: coordinator restarted' WHERE ended_ms IS NULL",
-                [now_ms()],
+                [alldocs_proto::now_unix_ms()],
             )?;
             Ok(opened)
         })();
@@ -428,7 +428,7 @@ impl Db {
         };
         self.conn.execute(
             "INSERT INTO leases (token, kind, items, fetcher, started_ms, deadline_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![token, kind, items as i64, fetcher, now_ms(), deadline_ms],
+            params![token, kind, items as i64, fetcher, alldocs_proto::now_unix_ms(), deadline_ms],
         )?;
         Ok(())
     }
@@ -580,7 +580,7 @@ impl Db {
         }
         self.conn.execute(
             "UPDATE leases SET ended_ms = ?1, outcome = ?2 WHERE token = ?3",
-            params![now_ms(), outcome, token],
+            params![alldocs_proto::now_unix_ms(), outcome, token],
         )?;
         Ok(returned as u64)
     }
@@ -760,13 +760,6 @@ impl Db {
         self.cached = None;
         Ok((parts as u64, pkgs as u64))
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as i64
 }
 
 #[cfg(test)]

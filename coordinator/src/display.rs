@@ -124,19 +124,9 @@ pub fn eta(seconds: i64) -> String {
     }
 }
 
+/// Bytes in SI units (`95.3 MB`), as the summary and bars show them.
 pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    bytesize::ByteSize(bytes).display().si().to_string()
 }
 
 /// The human table of `coordinator status` and the end-of-run summary.
@@ -154,11 +144,12 @@ pub fn table(p: &Progress) -> String {
         (
             "packuments",
             format!(
-                "{} stored, {} missing (404), {} failed, {} to go, of {}",
+                "{} stored, {} missing (404), {} failed, {} pending, {} leased, of {}",
                 p.packuments_done,
                 p.packuments_missing,
                 p.packuments_failed,
                 p.packuments_pending,
+                p.packuments_leased,
                 p.packuments_total
             ),
         ),
@@ -195,27 +186,7 @@ pub fn table(p: &Progress) -> String {
         .collect()
 }
 
-/// `Progress` as JSON with the proto's field names.
+/// `Progress` as JSON with the proto's field names (the state by its enum name).
 pub fn to_json(p: &Progress) -> serde_json::Value {
-    serde_json::json!({
-        "state": RunState::try_from(p.state).unwrap_or(RunState::Unspecified).as_str_name(),
-        "partitions_total": p.partitions_total,
-        "partitions_done": p.partitions_done,
-        "partitions_failed": p.partitions_failed,
-        "rows_indexed": p.rows_indexed,
-        "packuments_total": p.packuments_total,
-        "packuments_done": p.packuments_done,
-        "packuments_missing": p.packuments_missing,
-        "packuments_failed": p.packuments_failed,
-        "packuments_pending": p.packuments_pending,
-        "bytes_stored": p.bytes_stored,
-        "leases_in_flight": p.leases_in_flight,
-        "packuments_per_second": p.packuments_per_second,
-        "rows_per_second": p.rows_per_second,
-        "bytes_per_second": p.bytes_per_second,
-        "eta_seconds": p.eta_seconds,
-        "elapsed_ms": p.elapsed_ms,
-        "packuments_fetched_this_run": p.packuments_fetched_this_run,
-        "packuments_rev_mismatch": p.packuments_rev_mismatch,
-    })
+    serde_json::to_value(p).expect("Progress serializes")
 }

@@ -1,0 +1,155 @@
+//! The command line: every option of `serve`, `run` and `status` (each also read from an
+//! `ALLDOCS_*` variable), and the exit code an outcome maps to.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use alldocs_fetcher::telemetry;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::display::ProgressMode;
+
+#[derive(Parser)]
+#[command(
+    name = "coordinator",
+    version,
+    about = "alldocs: a complete, verifiable, resumable snapshot of the npm registry"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: telemetry::LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve the gRPC API and run the job; stay up when it is done.
+    Serve(JobArgs),
+    /// Run the job and exit when it is done: 0 when nothing failed, 1 otherwise.
+    Run(JobArgs),
+    /// Show progress from a running coordinator.
+    Status(StatusArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum AcceptArg {
+    /// Whole packuments (Accept: application/json).
+    Full,
+    /// npm's abbreviated install metadata (application/vnd.npm.install-v1+json).
+    Abbreviated,
+}
+
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    /// The SQLite checkpoint; carrying on after a stop or crash means passing the same one.
+    #[arg(long, env = "ALLDOCS_DB", default_value = "./alldocs.sqlite")]
+    pub db: PathBuf,
+    /// Address of the coordinator's gRPC API.
+    #[arg(long, env = "ALLDOCS_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// The CouchDB-compatible replication endpoint that serves `_all_docs`.
+    #[arg(
+        long,
+        env = "ALLDOCS_REPLICATE_ORIGIN",
+        default_value = "https://replicate.npmjs.com"
+    )]
+    pub replicate_origin: String,
+    /// The npm registry packuments are fetched from. Default: the registry npm is
+    /// configured with (npm_config_registry, .npmrc, then `npm config get registry`).
+    #[arg(long, env = "ALLDOCS_REGISTRY")]
+    pub registry: Option<String>,
+    /// Where objects go: a directory, file://PATH, memory://NAME, gs://BUCKET/PREFIX or s3://BUCKET/PREFIX.
+    #[arg(long, env = "ALLDOCS_STORE", default_value = "./alldocs-data")]
+    pub store: String,
+    /// Partition pivots: `a,b,c` or `@FILE` (one per line, or a JSON array), strictly
+    /// increasing in raw byte order. Default: a built-in set covering npm's key space.
+    #[arg(long, env = "ALLDOCS_PIVOTS")]
+    pub pivots: Option<String>,
+    /// A remote fetcher's URL (repeatable, or comma-separated in ALLDOCS_FETCHER). None: in-process.
+    #[arg(long = "fetcher", env = "ALLDOCS_FETCHER", value_delimiter = ',')]
+    pub fetchers: Vec<String>,
+    /// Leases in flight at once.
+    #[arg(long, env = "ALLDOCS_MAX_IN_FLIGHT", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_in_flight: u32,
+    /// Requests in flight at once within one lease.
+    #[arg(long, env = "ALLDOCS_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub concurrency: u32,
+    /// Packuments per lease.
+    #[arg(long, env = "ALLDOCS_LEASE_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub lease_size: u32,
+    /// How long a lease may run before its unfinished work is handed out again (keep it
+    /// well inside Cloud Run's request timeout).
+    #[arg(long, env = "ALLDOCS_LEASE_DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// Requests per second to the origins, all fetchers together (0 = no limit).
+    #[arg(long, env = "ALLDOCS_RATE_LIMIT", default_value_t = 80.0)]
+    pub rate_limit: f64,
+    /// Retries of one request on connection errors, 429 and 5xx.
+    #[arg(long, env = "ALLDOCS_MAX_RETRIES", default_value_t = 5)]
+    pub max_retries: u32,
+    /// First retry delay; it doubles each retry, with jitter (Retry-After wins).
+    #[arg(long, env = "ALLDOCS_RETRY_BASE", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub retry_base: Duration,
+    /// Leases an item may go through before it is failed.
+    #[arg(long, env = "ALLDOCS_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub max_attempts: u32,
+    /// Rows per `_all_docs` request (npm allows at most 10,000).
+    #[arg(long, env = "ALLDOCS_PAGE_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub page_size: u32,
+    /// Full or abbreviated packuments.
+    #[arg(long, env = "ALLDOCS_ACCEPT", value_enum, default_value = "full")]
+    pub accept: AcceptArg,
+    /// Progress display: bars on a terminal, log lines otherwise.
+    #[arg(long, env = "ALLDOCS_PROGRESS", value_enum, default_value_t)]
+    pub progress: ProgressMode,
+    /// How often a progress line is logged when not on a terminal.
+    #[arg(long, env = "ALLDOCS_PROGRESS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub progress_interval: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The coordinator's gRPC address (HOST:PORT or http://HOST:PORT).
+    #[arg(long, env = "ALLDOCS_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// An error the user can fix: printed plainly, exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for UsageError {}
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+/// Runs a parsed command until it is done or `stop` resolves (a signal, in the binary).
+pub async fn execute(
+    command: Command,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => crate::job::job(args, true, stop, None).await,
+        Command::Run(args) => crate::job::job(args, false, stop, None).await,
+        Command::Status(args) => crate::status::status(args).await,
+    }
+}
+
+/// The exit code of an error: 2 for one the user can fix by changing the command, 1
+/// otherwise.
+pub fn exit_code(error: &anyhow::Error) -> ExitCode {
+    if error.downcast_ref::<UsageError>().is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}

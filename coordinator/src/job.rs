@@ -1,0 +1,328 @@
+//! One job (`serve` or `run`): check every option before writing anything, open the
+//! checkpoint, serve the gRPC API, run the scheduler until the work is done or the job is
+//! told to stop, and print the end-of-run summary.
+
+use std::{future::Future, net::SocketAddr, pin::Pin, process::ExitCode, sync::Arc};
+
+use alldocs_fetcher::{grpc, http::redact, npmrc::NpmConfig, store::StoreLocation, FetchService};
+use alldocs_proto::v1::{coordinator_server::CoordinatorServer, Accept, RunState};
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, watch, Notify},
+    task::JoinHandle,
+};
+
+use crate::{
+    api::CoordinatorService,
+    checkpoint::{Checkpoint, CheckpointError, Counts, RunIdentity},
+    cli::{usage, AcceptArg, JobArgs},
+    display,
+    fetchers::FetcherHandle,
+    lease::Settings,
+    plan::{self, Partition},
+    rates::Stats,
+    scheduler::Scheduler,
+};
+
+/// How long past a lease's deadline a fetcher has to say it stopped.
+const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Everything a job needs, checked before anything is written.
+pub struct Prepared {
+    pub partitions: Vec<Partition>,
+    pub identity: RunIdentity,
+    pub settings: Settings,
+    pub fetchers: Vec<FetcherHandle>,
+}
+
+/// Runs a job until it is done (`run`; or, for `serve`, until `stop`) and returns the exit
+/// code. `listening`, if given, learns the API's address once it is bound.
+pub async fn job(
+    args: JobArgs,
+    stay: bool,
+    stop: impl Future<Output = ()>,
+    listening: Option<oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<ExitCode> {
+    let prepared = prepare(&args)?;
+    let listener = grpc::bind(args.listen)
+        .await
+        .map_err(|e| usage(e.to_string()))?;
+    let (checkpoint, opened) = Checkpoint::open(
+        &args.db,
+        &prepared.identity,
+        &prepared.partitions,
+        args.max_attempts,
+    )
+    .map_err(|e| match e {
+        CheckpointError::ConfigMismatch { .. } | CheckpointError::Open { .. } => {
+            usage(e.to_string())
+        }
+        other => other.into(),
+    })?;
+    let local = listener.local_addr()?;
+    println!("coordinator listening on {local}");
+    if let Some(tx) = listening {
+        let _ = tx.send(local);
+    }
+    tracing::info!(
+        run = opened.run, resumed = opened.resumed, partitions = prepared.partitions.len(),
+        db = %args.db.display(), store = %args.store, registry = %redact(&prepared.settings.registry),
+        fetchers = prepared.fetchers.len(), "starting"
+    );
+    let running = Running::start(args, prepared, checkpoint, listener, local).await;
+    let stop = std::pin::pin!(stop);
+    running.drive(stay, stop).await
+}
+
+/// Checks every option and builds what the job needs; writes nothing.
+pub fn prepare(args: &JobArgs) -> anyhow::Result<Prepared> {
+    StoreLocation::parse(&args.store).map_err(|e| usage(format!("--store: {e}")))?;
+    let pivots = match &args.pivots {
+        Some(p) => plan::parse_pivots(p).map_err(|e| usage(format!("--pivots: {e}")))?,
+        None => plan::default_pivots(),
+    };
+    let origin = http_url("--replicate-origin", &args.replicate_origin)?;
+    // Tokens always come from npm's configuration; asking `npm` itself (slow) only when the
+    // registry was not given.
+    let npm = if args.registry.is_some() {
+        NpmConfig::from_env_and_files()
+    } else {
+        NpmConfig::load()
+    };
+    let Some(registry) = args.registry.clone().or_else(|| npm.registry.clone()) else {
+        return Err(usage(
+            "no npm registry is configured: pass --registry URL, set npm_config_registry, or add `registry=URL` to .npmrc",
+        ));
+    };
+    let registry = http_url("--registry", &registry)?;
+    let fetchers = fetchers(args, &npm, &registry)?;
+    let identity = RunIdentity {
+        replicate_origin: origin.clone(),
+        registry: registry.clone(),
+        store: args.store.clone(),
+        pivots: pivots.clone(),
+        accept: format!("{:?}", args.accept).to_lowercase(),
+    };
+    Ok(Prepared {
+        partitions: plan::partitions(&pivots),
+        identity,
+        settings: settings(args, origin, registry),
+        fetchers,
+    })
+}
+
+/// The in-process fetcher (no `--fetcher`), or one handle per remote one.
+fn fetchers(args: &JobArgs, npm: &NpmConfig, registry: &str) -> anyhow::Result<Vec<FetcherHandle>> {
+    if args.fetchers.is_empty() {
+        let credentials = npm.credentials.clone().with_env_token(registry);
+        return Ok(vec![FetcherHandle::Local(FetchService::new(credentials))]);
+    }
+    if args.store.starts_with("memory://") {
+        return Err(usage(
+            "--store memory:// lives inside one process; remote --fetcher processes cannot write to it. Use gs://, s3:// or a shared directory",
+        ));
+    }
+    args.fetchers
+        .iter()
+        .map(|u| FetcherHandle::remote(u).map_err(|e| usage(e.to_string())))
+        .collect()
+}
+
+fn settings(args: &JobArgs, replicate_origin: String, registry: String) -> Settings {
+    Settings {
+        replicate_origin,
+        registry,
+        store: args.store.clone(),
+        accept: match args.accept {
+            AcceptArg::Full => Accept::Full,
+            AcceptArg::Abbreviated => Accept::Abbreviated,
+        },
+        page_size: args.page_size,
+        lease_size: args.lease_size as usize,
+        lease_duration: args.lease_duration,
+        answer_grace: ANSWER_GRACE,
+        max_in_flight: args.max_in_flight as usize,
+        concurrency: args.concurrency,
+        rate_limit: args.rate_limit.max(0.0),
+        max_retries: args.max_retries,
+        retry_base_ms: args.retry_base.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
+    }
+}
+
+fn http_url(option: &str, url: &str) -> anyhow::Result<String> {
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            Ok(url.trim_end_matches('/').to_string())
+        }
+        _ => Err(usage(format!(
+            "{option} `{}` is not an http(s) URL; give one such as https://registry.example/",
+            redact(url)
+        ))),
+    }
+}
+
+/// A job whose API is up: the scheduler runs (again, after RetryFailed under `serve`)
+/// until the work is done or the job is told to stop.
+struct Running {
+    args: JobArgs,
+    service: CoordinatorService,
+    scheduler: Arc<Scheduler>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    retried: Arc<Notify>,
+    local: SocketAddr,
+}
+
+type Stop<'a> = Pin<&'a mut (dyn Future<Output = ()> + 'a)>;
+
+impl Running {
+    async fn start(
+        args: JobArgs,
+        prepared: Prepared,
+        checkpoint: Checkpoint,
+        listener: TcpListener,
+        local: SocketAddr,
+    ) -> Self {
+        let stats = Arc::new(Stats::default());
+        let retried = Arc::new(Notify::new());
+        let (state_tx, state_rx) = watch::channel(RunState::Planning);
+        let service = CoordinatorService {
+            checkpoint: checkpoint.clone(),
+            stats: stats.clone(),
+            retried: retried.clone(),
+            state: state_rx,
+        };
+        let server = tokio::spawn(serve_api(service.clone(), listener).await);
+        let scheduler = Arc::new(Scheduler::new(
+            checkpoint,
+            prepared.fetchers,
+            prepared.settings,
+            stats,
+            state_tx,
+        ));
+        Self {
+            args,
+            service,
+            scheduler,
+            server,
+            retried,
+            local,
+        }
+    }
+
+    async fn drive(mut self, stay: bool, mut stop: Stop<'_>) -> anyhow::Result<ExitCode> {
+        loop {
+            if self.run_once(stop.as_mut()).await?.is_none() {
+                return Ok(self.interrupted());
+            }
+            let failed = self.summarize().await?;
+            if !stay {
+                self.server.abort();
+                return Ok(if failed == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
+            if !self.await_retry(stop.as_mut()).await? {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+
+    /// Runs the scheduler with progress shown; `None` if told to stop first.
+    async fn run_once(&self, stop: Stop<'_>) -> anyhow::Result<Option<Counts>> {
+        let (stop_display, display_stopped) = oneshot::channel();
+        let display = tokio::spawn(display::show(
+            self.service.clone(),
+            self.args.progress,
+            self.args.progress_interval,
+            display_stopped,
+        ));
+        let outcome = tokio::select! {
+            result = self.scheduler.clone().run() => Some(result),
+            _ = stop => None,
+        };
+        let _ = stop_display.send(());
+        let _ = display.await;
+        outcome.transpose()
+    }
+
+    /// Stops in-process fetchers (their leases end cleanly) and says how to carry on.
+    fn interrupted(&self) -> ExitCode {
+        for f in self.scheduler.fetchers.all() {
+            if let FetcherHandle::Local(svc) = f {
+                svc.stop();
+            }
+        }
+        eprintln!(
+            "interrupted: the checkpoint {} keeps everything finished so far; run the same command again to carry on",
+            self.args.db.display()
+        );
+        ExitCode::from(130)
+    }
+
+    /// `serve` stays up when done, for watching and to run again when RetryFailed puts
+    /// work back. Returns whether to run again.
+    async fn await_retry(&mut self, stop: Stop<'_>) -> anyhow::Result<bool> {
+        tokio::select! {
+            _ = self.retried.notified() => {
+                tracing::info!("failures put back by RetryFailed; running again");
+                Ok(true)
+            }
+            _ = stop => {
+                eprintln!("stopped; the run was complete");
+                Ok(false)
+            }
+            r = &mut self.server => {
+                r??;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Prints the end-of-run summary to stdout; returns how many items failed.
+    async fn summarize(&self) -> anyhow::Result<u64> {
+        let progress = self.service.progress().await?;
+        println!("\n{}", display::table(&progress));
+        let failed = progress.partitions_failed + progress.packuments_failed;
+        if failed > 0 {
+            let (failures, total) = self
+                .service
+                .checkpoint
+                .call(|db| db.list_failures(10))
+                .await?;
+            println!("{total} failed (first {}):", failures.len());
+            for f in &failures {
+                println!(
+                    "  {} {}: {} (after {} attempts)",
+                    f.kind, f.name, f.reason, f.attempts
+                );
+            }
+            println!(
+                "Retry them: run the same command again (a new run fetches failures again), or while `coordinator serve` runs:\n  grpcurl -plaintext {} alldocs.v1.Coordinator/RetryFailed",
+                self.local
+            );
+        }
+        println!(
+            "store: {}   checkpoint: {}",
+            self.args.store,
+            self.args.db.display()
+        );
+        Ok(failed)
+    }
+}
+
+/// The coordinator's gRPC server: the API, health, and reflection v1 and v1alpha.
+async fn serve_api(
+    service: CoordinatorService,
+    listener: TcpListener,
+) -> impl Future<Output = Result<(), tonic::transport::Error>> {
+    let (refl_v1, refl_v1alpha) = grpc::reflection();
+    let health = grpc::health::<CoordinatorServer<CoordinatorService>>().await;
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(refl_v1)
+        .add_service(refl_v1alpha)
+        .add_service(CoordinatorServer::new(service))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+}

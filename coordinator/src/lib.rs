@@ -1,0 +1,17 @@
+//! The alldocs coordinator as a library: the partition plan, the SQLite checkpoint, the
+//! scheduler that leases work to fetchers, and the gRPC API. The `coordinator` binary is
+//! a thin shell over [`cli`]; tests drive the same pieces directly.
+
+pub mod api;
+pub mod checkpoint;
+pub mod cli;
+pub mod display;
+pub mod fetchers;
+pub mod health;
+pub mod job;
+pub mod lease;
+pub mod plan;
+pub mod rates;
+pub mod scheduler;
+pub mod status;
+pub mod stream;

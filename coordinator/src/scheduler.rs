@@ -1,0 +1,230 @@
+//! The lease loop: hands partitions and packument batches to fetchers, follows each lease
+//! to its end, and gives back whatever a lease did not finish.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use alldocs_proto::v1::RunState;
+use tokio::{sync::watch, task::JoinSet};
+
+use crate::{
+    checkpoint::{Checkpoint, CheckpointError, Counts, Work},
+    fetchers::FetcherHandle,
+    health::FetcherPool,
+    lease::Settings,
+    rates::Stats,
+    stream::{Follower, LeaseEnd},
+};
+
+/// Work just leased: its fencing token, what it is, and when it is due.
+#[derive(Clone, Debug)]
+pub struct Picked {
+    pub token: i64,
+    pub work: Work,
+    pub deadline_ms: i64,
+}
+
+/// The run: owns the lease loop.
+pub struct Scheduler {
+    pub checkpoint: Checkpoint,
+    pub fetchers: FetcherPool,
+    pub settings: Settings,
+    pub stats: Arc<Stats>,
+    pub state: watch::Sender<RunState>,
+    /// Index leases in flight (they take at most half the slots).
+    index_running: AtomicUsize,
+}
+
+impl Scheduler {
+    pub fn new(
+        checkpoint: Checkpoint,
+        fetchers: Vec<FetcherHandle>,
+        settings: Settings,
+        stats: Arc<Stats>,
+        state: watch::Sender<RunState>,
+    ) -> Self {
+        let base_rest = Duration::from_millis(u64::from(settings.retry_base_ms));
+        Self {
+            checkpoint,
+            fetchers: FetcherPool::new(fetchers, base_rest),
+            settings,
+            stats,
+            state,
+            index_running: AtomicUsize::new(0),
+        }
+    }
+
+    /// Leases until nothing is pending or leased, marks the run complete, and returns the
+    /// final counts. Fails if the checkpoint fails or no fetcher answers for long.
+    pub async fn run(self: Arc<Self>) -> anyhow::Result<Counts> {
+        self.stats.start();
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut cursor = 0usize;
+        loop {
+            self.fill(&mut tasks, &mut cursor).await?;
+            let open = self.publish_state().await?;
+            if tasks.is_empty() && !open {
+                let counts = self
+                    .checkpoint
+                    .call(|db| {
+                        db.set_run_complete(true)?;
+                        db.counts_now()
+                    })
+                    .await?;
+                return Ok(counts);
+            }
+            if tasks.is_empty() {
+                self.fetchers.check_reachable()?;
+            }
+            self.wait(&mut tasks).await;
+        }
+    }
+
+    /// Starts leases until every slot is taken, no fetcher is free, or nothing is leasable.
+    async fn fill(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        cursor: &mut usize,
+    ) -> anyhow::Result<()> {
+        while tasks.len() < self.settings.max_in_flight {
+            let Some(f) = self.fetchers.next(cursor) else {
+                return Ok(());
+            };
+            let fetcher = self.fetchers.get(f).clone();
+            let Some(picked) = self.pick(fetcher.name()).await? else {
+                return Ok(());
+            };
+            let is_index = matches!(picked.work, Work::Index(_));
+            if is_index {
+                self.index_running.fetch_add(1, Ordering::Relaxed);
+            }
+            self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+            let this = self.clone();
+            tasks.spawn(async move {
+                let unreachable = this.run_lease(&fetcher, picked).await;
+                this.fetchers.record(f, unreachable);
+                if is_index {
+                    this.index_running.fetch_sub(1, Ordering::Relaxed);
+                }
+                this.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+        Ok(())
+    }
+
+    /// Tells watchers what the run is doing; returns whether any work is pending or leased.
+    async fn publish_state(&self) -> Result<bool, CheckpointError> {
+        let (open, counts) = self
+            .checkpoint
+            .call(|db| Ok((db.has_open_work()?, db.counts()?)))
+            .await?;
+        self.state.send_replace(if open {
+            state_of(&counts)
+        } else {
+            RunState::Done
+        });
+        Ok(open)
+    }
+
+    /// Waits for a lease to end, for a resting fetcher to be askable again, or (open work
+    /// but nothing leasable and nothing in flight, which cannot last) a moment.
+    async fn wait(&self, tasks: &mut JoinSet<()>) {
+        let resting = self.fetchers.all_resting_until();
+        tokio::select! {
+            joined = tasks.join_next(), if !tasks.is_empty() => {
+                if let Some(Err(e)) = joined {
+                    tracing::error!(error = %e, "a lease task panicked");
+                }
+            }
+            _ = tokio::time::sleep_until(resting.unwrap_or_else(tokio::time::Instant::now)), if resting.is_some() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)), if tasks.is_empty() && resting.is_none() => {}
+        }
+    }
+
+    /// Picks the next work: index partitions first while fewer than half the slots index
+    /// (so packuments of finished partitions flow meanwhile), then packument batches.
+    async fn pick(&self, fetcher: &str) -> Result<Option<Picked>, CheckpointError> {
+        let lease_size = self.settings.lease_size;
+        let index_first =
+            self.index_running.load(Ordering::Relaxed) < (self.settings.max_in_flight / 2).max(1);
+        let fetcher = fetcher.to_string();
+        let deadline_ms =
+            alldocs_proto::now_unix_ms() + self.settings.lease_duration.as_millis() as i64;
+        self.checkpoint
+            .call(move |db| {
+                let token = db.next_token()?;
+                let mut work = None;
+                if index_first {
+                    work = db.lease_partition(token)?.map(Work::Index);
+                }
+                if work.is_none() {
+                    let items = db.lease_packuments(token, lease_size)?;
+                    work = (!items.is_empty()).then_some(Work::Packuments(items));
+                }
+                if work.is_none() {
+                    work = db.lease_partition(token)?.map(Work::Index);
+                }
+                let Some(work) = work else { return Ok(None) };
+                db.record_lease(token, &work, &fetcher, deadline_ms)?;
+                Ok(Some(Picked {
+                    token,
+                    work,
+                    deadline_ms,
+                }))
+            })
+            .await
+    }
+
+    /// Runs one lease to its end and gives back whatever it did not finish. Returns the
+    /// error if the fetcher could not be reached at all.
+    async fn run_lease(&self, fetcher: &FetcherHandle, picked: Picked) -> Option<String> {
+        let token = picked.token;
+        let lease = self.settings.lease(token, &picked.work, picked.deadline_ms);
+        // Past the deadline the fetcher stops by itself; give it a little longer to say so.
+        let give_up =
+            tokio::time::Instant::now() + self.settings.lease_duration + self.settings.answer_grace;
+        let follower = Follower {
+            checkpoint: &self.checkpoint,
+            stats: &self.stats,
+            token,
+        };
+        let end = tokio::time::timeout_at(give_up, follower.follow(fetcher, lease))
+            .await
+            .unwrap_or_else(|_| {
+                LeaseEnd::counted("lease deadline passed without an answer from the fetcher")
+            });
+        let (outcome, count) = (end.outcome.clone(), end.count_attempt);
+        let returned = self
+            .checkpoint
+            .call(move |db| db.end_lease(token, &outcome, count))
+            .await;
+        match returned {
+            Ok(0) => {
+                tracing::debug!(token, fetcher = fetcher.name(), outcome = %end.outcome, "lease ended")
+            }
+            Ok(n) => tracing::warn!(
+                token, fetcher = fetcher.name(), outcome = %end.outcome, returned = n,
+                attempt_counted = end.count_attempt,
+                "lease ended early; its unfinished work goes back to pending"
+            ),
+            Err(e) => tracing::error!(token, error = %e, "could not end a lease in the checkpoint"),
+        }
+        end.unreachable.then_some(end.outcome)
+    }
+}
+
+/// What the counts say the run is doing.
+pub fn state_of(c: &Counts) -> RunState {
+    if c.is_done() {
+        RunState::Done
+    } else if c.partitions_pending + c.partitions_leased > 0 {
+        RunState::Indexing
+    } else {
+        RunState::Fetching
+    }
+}
