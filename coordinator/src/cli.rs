@@ -135,7 +135,7 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
 /// Runs a parsed command until it is done or `stop` resolves (a signal, in the binary).
 pub async fn execute(
     command: Command,
-    stop: impl std::future::Future<Output = ()>,
+    stop: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => crate::job::job(args, true, stop, None).await,

@@ -40,7 +40,7 @@ pub struct Prepared {
 pub async fn job(
     args: JobArgs,
     stay: bool,
-    stop: impl Future<Output = ()>,
+    stop: impl Future<Output = ()> + Send,
     listening: Option<oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<ExitCode> {
     let prepared = prepare(&args)?;
@@ -172,7 +172,7 @@ struct Running {
     local: SocketAddr,
 }
 
-type Stop<'a> = Pin<&'a mut (dyn Future<Output = ()> + 'a)>;
+type Stop<'a> = Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>;
 
 impl Running {
     async fn start(

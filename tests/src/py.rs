@@ -1,7 +1,7 @@
 //! An independent gRPC client for end-to-end tests: `tests/py/grpc_reflect.py`, a tiny
 //! grpcurl in Python that learns every service and message from server reflection alone
 //! (no `.proto` file, no generated code), and prints responses as proto3 JSON with the
-//! proto's field names. Also: paths of the workspace's binaries, built on demand.
+//! proto's field names.
 //!
 //! The Python packages (pinned in `tests/py/requirements.txt`) live in a venv at
 //! `tests/py/.venv`, created on first use under a file lock so that parallel test
@@ -9,13 +9,12 @@
 //! use that instead (CI).
 
 use std::{
-    collections::BTreeMap,
     ffi::OsStr,
     fs::File,
     io::Read,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{Mutex, OnceLock},
+    sync::OnceLock,
     thread,
     time::{Duration, Instant},
 };
@@ -332,103 +331,4 @@ pub fn json_u64(message: &Value, field: &str) -> Result<u64> {
         Value::Null => bail!("field `{field}` is missing from {message}"),
         other => bail!("field `{field}` is not an integer: {other}"),
     }
-}
-
-/// The path of the workspace binary `name`, built first (once per test process, under a
-/// file lock) with `cargo build --bin NAME` in the profile and target directory of the
-/// running test, so it is never stale.
-pub fn workspace_bin(name: &str) -> Result<PathBuf> {
-    static BUILT: Mutex<BTreeMap<String, Result<PathBuf, String>>> = Mutex::new(BTreeMap::new());
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    built
-        .entry(name.to_string())
-        .or_insert_with(|| build_bin(name).map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!(e))
-}
-
-fn build_bin(name: &str) -> Result<PathBuf> {
-    // Tests run as <target>/[<triple>/]<profile>/deps/<test>-<hash>.
-    let exe = std::env::current_exe().context("locating the test executable")?;
-    let profile_dir = exe
-        .parent()
-        .filter(|d| d.file_name() == Some(OsStr::new("deps")))
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("{} is not in <target>/<profile>/deps", exe.display()))?
-        .to_path_buf();
-    let profile = profile_dir
-        .file_name()
-        .and_then(OsStr::to_str)
-        .ok_or_else(|| anyhow!("no profile directory in {}", exe.display()))?
-        .to_string();
-    let above = profile_dir.parent().context("no target directory")?;
-    let (target_dir, triple) = if above.join("CACHEDIR.TAG").exists() || above.parent().is_none() {
-        (above.to_path_buf(), None)
-    } else {
-        let triple = above
-            .file_name()
-            .and_then(OsStr::to_str)
-            .map(str::to_string);
-        (above.parent().unwrap_or(above).to_path_buf(), triple)
-    };
-    let bin = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-
-    let cargo = std::env::var_os("CARGO")
-        .or_else(|| option_env!("CARGO").map(Into::into))
-        .unwrap_or_else(|| "cargo".into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("the workspace root")?;
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(workspace)
-        .args(["build", "--quiet", "--bin", name, "--manifest-path"])
-        .arg(workspace.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir);
-    match profile.as_str() {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
-        }
-        other => {
-            cmd.args(["--profile", other]);
-        }
-    }
-    if let Some(triple) = &triple {
-        cmd.args(["--target", triple]);
-    }
-    // Cargo gives the test process its package's variables. Build scripts that watch one
-    // (ring's `rerun-if-env-changed=CARGO_MANIFEST_DIR`) would see a change and rebuild
-    // everything above them here, and again in the next plain `cargo build`.
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("CARGO_PKG_")
-            || matches!(
-                k.as_ref(),
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_BIN_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-                    | "CARGO_RUSTC_CURRENT_DIR"
-                    | "OUT_DIR"
-            )
-        {
-            cmd.env_remove(&key);
-        }
-    }
-    let lock_path = profile_dir.join(".alldocs-workspace-bin.lock");
-    let lock =
-        File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-    lock.lock()
-        .with_context(|| format!("locking {}", lock_path.display()))?;
-    run_quietly(&mut cmd, &format!("`cargo build --bin {name}`"))?;
-    if !bin.exists() {
-        bail!(
-            "`cargo build --bin {name}` succeeded but {} is missing",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }

@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, time::Duration};
 use alldocs_fetcher::npmrc::Credentials;
 use alldocs_tests::{
     procs::{self, Listening},
-    py::{json_u64, python_env, reflect_call, reflect_list, reflect_stream, workspace_bin},
+    py::{json_u64, python_env, reflect_call, reflect_list, reflect_stream},
     sim::{SimConfig, SimServer},
     support::FetcherServer,
 };
@@ -17,7 +17,7 @@ use serde_json::Value;
 const VERSIONS: [&str; 2] = ["v1", "v1alpha"];
 
 /// Every field of `alldocs.v1.Progress`, by its proto name.
-const PROGRESS_FIELDS: [&str; 19] = [
+const PROGRESS_FIELDS: [&str; 20] = [
     "state",
     "partitions_total",
     "partitions_done",
@@ -37,6 +37,7 @@ const PROGRESS_FIELDS: [&str; 19] = [
     "elapsed_ms",
     "packuments_fetched_this_run",
     "packuments_rev_mismatch",
+    "packuments_leased",
 ];
 
 /// Runs blocking work (the client is a subprocess) off the runtime's worker threads.
@@ -128,8 +129,7 @@ async fn client_fails_clearly_on_unknown_services_methods_and_bad_requests() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_progress_through_reflection_only() -> Result<()> {
-    // Build the binary and prepare Python at the same time.
-    let bin = tokio::task::spawn_blocking(|| workspace_bin("coordinator"));
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_coordinator"));
     let python = tokio::task::spawn_blocking(python_env);
     let sim = SimServer::start(
         "127.0.0.1:0".parse()?,
@@ -140,7 +140,7 @@ async fn coordinator_progress_through_reflection_only() -> Result<()> {
         },
     )
     .await?;
-    let (bin, _) = (bin.await??, python.await??);
+    python.await??;
     let tmp = tempfile::tempdir()?;
     let (db, data) = (tmp.path().join("db.sqlite"), tmp.path().join("data"));
     let args = procs::args(&[
@@ -252,6 +252,7 @@ async fn check_progress(addr: &str, sim: &SimServer) -> Result<()> {
             ("packuments_missing", 0),
             ("packuments_failed", 0),
             ("packuments_pending", 0),
+            ("packuments_leased", 0),
             ("leases_in_flight", 0),
             ("bytes_stored", expected_bytes),
         ] {

@@ -10,7 +10,7 @@ use std::{
 use alldocs_fetcher::packument::SPILL_BYTES;
 use alldocs_tests::{
     procs::{args, free_port, run},
-    py::{venv_tool, workspace_bin},
+    py::venv_tool,
     sim::{Registry, SimConfig, SimServer},
 };
 use anyhow::{bail, Context, Result};
@@ -131,7 +131,11 @@ async fn a_snapshot_into_s3_reads_back_byte_for_byte() -> Result<()> {
         ("AWS_SECRET_ACCESS_KEY", "test"),
         ("AWS_REGION", "us-east-1"),
     ];
-    let (code, out, err) = run(&workspace_bin("coordinator")?, &job, &env)?;
+    let (code, out, err) = run(
+        std::path::Path::new(env!("CARGO_BIN_EXE_coordinator")),
+        &job,
+        &env,
+    )?;
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
 
     // Every object, downloaded with an independent S3 client (boto3), is the registry's

@@ -1,144 +1,25 @@
 //! `coordinator` end to end, as real processes: against pouchdb-server holding npm's real
-//! packuments, against the registry simulator, killed with SIGKILL and resumed, with two
-//! remote `fetcher serve` processes, rerun incrementally, and fed bad input.
+//! packuments, against the registry simulator, killed with SIGKILL and resumed, rerun
+//! incrementally, and fed bad input. (Runs with remote `fetcher serve` processes are in
+//! the fetcher crate's tests, which own that binary.)
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::time::Duration;
 
 use alldocs_proto::v1::{
-    coordinator_client::CoordinatorClient, GetProgressRequest, ListPartitionsRequest, Progress,
-    RunState, WatchProgressRequest,
+    coordinator_client::CoordinatorClient, GetProgressRequest, ListPartitionsRequest,
 };
 use alldocs_tests::{
+    coord::{checkpoint_dump, checkpoint_statuses, job_args, stored_files, wait_done, wait_until},
     fixtures::{self, EDGE_NAMES},
     pouch::PouchServer,
     procs::{args, run, Listening},
-    py::{json_u64, reflect_call, workspace_bin},
+    py::{json_u64, reflect_call},
     sim::{SimConfig, SimServer},
     support::{all_docs_unpaged, parse_index},
 };
 
 fn coordinator() -> std::path::PathBuf {
-    workspace_bin("coordinator").expect("the coordinator binary builds")
-}
-
-/// Common options: a private checkpoint and store, a free port, no progress bars; an
-/// option in `extra` replaces the common one of the same name.
-fn job_args(cmd: &str, dir: &Path, origin: &str, extra: &[&str]) -> Vec<String> {
-    let base = args(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--db",
-        dir.join("alldocs.sqlite").to_str().unwrap(),
-        "--store",
-        dir.join("data").to_str().unwrap(),
-        "--replicate-origin",
-        origin,
-        "--registry",
-        origin,
-        "--rate-limit",
-        "0",
-        "--progress",
-        "none",
-        "--retry-base",
-        "10ms",
-    ]);
-    let mut a = vec![cmd.to_string()];
-    for pair in base.chunks(2) {
-        if !extra.contains(&pair[0].as_str()) {
-            a.extend_from_slice(pair);
-        }
-    }
-    a.extend(args(extra));
-    a
-}
-
-/// Follows WatchProgress until the run is done; returns the last progress.
-async fn wait_done(url: &str) -> anyhow::Result<Progress> {
-    let mut client = CoordinatorClient::connect(url.to_string()).await?;
-    let mut stream = client
-        .watch_progress(WatchProgressRequest { interval_ms: 100 })
-        .await?
-        .into_inner();
-    let mut last = None;
-    while let Some(p) = stream.message().await? {
-        let done = p.state == RunState::Done as i32;
-        last = Some(p);
-        if done {
-            break;
-        }
-    }
-    let last = last.expect("at least one progress message");
-    assert_eq!(
-        last.state,
-        RunState::Done as i32,
-        "WatchProgress ends when the run is done"
-    );
-    Ok(last)
-}
-
-/// Follows WatchProgress until `pred` holds.
-async fn wait_until(url: &str, pred: impl Fn(&Progress) -> bool) -> anyhow::Result<Progress> {
-    let mut client = CoordinatorClient::connect(url.to_string()).await?;
-    let mut stream = client
-        .watch_progress(WatchProgressRequest { interval_ms: 50 })
-        .await?
-        .into_inner();
-    while let Some(p) = stream.message().await? {
-        if pred(&p) {
-            return Ok(p);
-        }
-    }
-    anyhow::bail!("the run ended before the condition held")
-}
-
-/// Every `packuments/**.json` under `data`, by package name.
-fn stored_files(data: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Vec<u8>>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, &format!("{prefix}{name}/"), out);
-            } else if let Some(stem) = name.strip_suffix(".json") {
-                out.insert(format!("{prefix}{stem}"), std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(&data.join("packuments"), "", &mut out);
-    out
-}
-
-/// The statuses the checkpoint holds, read straight from the SQLite file.
-fn checkpoint_statuses(db: &Path) -> BTreeMap<String, String> {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut stmt = conn.prepare("SELECT name, status FROM packages").unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
-/// Everything the checkpoint holds, as text, for before/after comparisons.
-fn checkpoint_dump(db: &Path) -> Vec<String> {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut out = Vec::new();
-    for table in ["meta", "partitions", "packages", "leases"] {
-        let mut stmt = conn
-            .prepare(&format!("SELECT * FROM {table} ORDER BY 1"))
-            .unwrap();
-        let columns = stmt.column_count();
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((0..columns)
-                    .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
-                    .collect::<Vec<_>>()
-                    .join("|"))
-            })
-            .unwrap();
-        out.extend(rows.map(|r| format!("{table}: {}", r.unwrap())));
-    }
-    out
+    env!("CARGO_BIN_EXE_coordinator").into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,152 +206,6 @@ async fn sigkill_mid_run_then_resume_finishes_without_refetching() -> anyhow::Re
             "{name}"
         );
     }
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_remote_fetchers_share_the_run() -> anyhow::Result<()> {
-    let sim = SimServer::start(
-        "127.0.0.1:0".parse()?,
-        SimConfig {
-            packages: 800,
-            mean_bytes: 3000,
-            prefix: "/registry".into(),
-            missing_every: 40,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let fetcher = workspace_bin("fetcher")?;
-    let f1 = Listening::start(&fetcher, &args(&["serve", "--listen", "127.0.0.1:0"]), &[])?;
-    let f2 = Listening::start(&fetcher, &args(&["serve", "--listen", "127.0.0.1:0"]), &[])?;
-    let dir = tempfile::tempdir()?;
-    let opts = [
-        "--pivots",
-        "@,A,a,m",
-        "--lease-size",
-        "50",
-        "--fetcher",
-        &f1.url(),
-        "--fetcher",
-        &f2.url(),
-    ];
-    let (code, out, err) = run(
-        &coordinator(),
-        &job_args("run", dir.path(), &sim.url(), &opts),
-        &[],
-    )?;
-    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
-    let registry = sim.registry();
-    let files = stored_files(&dir.path().join("data"));
-    let expected: Vec<&str> = registry
-        .names()
-        .filter(|n| !registry.is_missing(n))
-        .collect();
-    assert_eq!(files.keys().map(String::as_str).collect::<Vec<_>>(), {
-        let mut e = expected.clone();
-        e.sort();
-        e
-    });
-    for (name, bytes) in &files {
-        assert_eq!(
-            Some(bytes.clone()),
-            registry.document(name, false),
-            "{name}"
-        );
-    }
-    // Both fetchers were given leases.
-    let conn = rusqlite::Connection::open(dir.path().join("alldocs.sqlite"))?;
-    let fetchers: Vec<String> = conn
-        .prepare("SELECT DISTINCT fetcher FROM leases ORDER BY fetcher")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    let mut urls = vec![f1.url(), f2.url()];
-    urls.sort();
-    assert_eq!(fetchers, urls);
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fetcher_that_dies_mid_run_costs_nothing_and_none_at_all_is_a_clear_error(
-) -> anyhow::Result<()> {
-    let sim = SimServer::start(
-        "127.0.0.1:0".parse()?,
-        SimConfig {
-            packages: 1200,
-            mean_bytes: 1500,
-            latency_ms: 2,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let fetcher = workspace_bin("fetcher")?;
-    let f1 = Listening::start(&fetcher, &args(&["serve", "--listen", "127.0.0.1:0"]), &[])?;
-    let mut f2 = Listening::start(&fetcher, &args(&["serve", "--listen", "127.0.0.1:0"]), &[])?;
-    let dir = tempfile::tempdir()?;
-    let opts = [
-        "--pivots",
-        "@,a,m",
-        "--lease-size",
-        "30",
-        "--max-in-flight",
-        "4",
-        "--fetcher",
-        &f1.url(),
-        "--fetcher",
-        &f2.url(),
-    ];
-    let serve = Listening::start(
-        &coordinator(),
-        &job_args("serve", dir.path(), &sim.url(), &opts),
-        &[],
-    )?;
-    wait_until(&serve.url(), |p| p.packuments_done >= 200).await?;
-    f2.kill()?;
-    // Its broken leases are handed out again (the attempt counted, as for any stream that
-    // ends early) and the other fetcher finishes the run.
-    let p = wait_done(&serve.url()).await?;
-    assert_eq!(
-        (p.packuments_done, p.packuments_failed, p.partitions_failed),
-        (1200, 0, 0)
-    );
-    drop(serve);
-
-    // No fetcher answers at all: `run` says so and stops, nothing is failed, and the
-    // checkpoint carries on once a fetcher is there.
-    let dead = format!("http://127.0.0.1:{}", alldocs_tests::procs::free_port()?);
-    let dir = tempfile::tempdir()?;
-    let opts = ["--pivots", "m", "--fetcher", &dead];
-    let (code, _, err) = run(
-        &coordinator(),
-        &job_args("run", dir.path(), &sim.url(), &opts),
-        &[],
-    )?;
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("no fetcher answered") && err.contains(&dead),
-        "{err}"
-    );
-    let conn = rusqlite::Connection::open(dir.path().join("alldocs.sqlite"))?;
-    let partitions: Vec<(String, i64)> = conn
-        .prepare("SELECT status, attempts FROM partitions")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    assert_eq!(
-        partitions,
-        vec![("pending".to_string(), 0); 2],
-        "nothing failed, no attempt spent"
-    );
-    drop(conn);
-    // Fetchers hold no state: the same checkpoint carries on with another one.
-    let opts = ["--pivots", "m", "--fetcher", &f1.url()];
-    let (code, _, err) = run(
-        &coordinator(),
-        &job_args("run", dir.path(), &sim.url(), &opts),
-        &[],
-    )?;
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(stored_files(&dir.path().join("data")).len(), 1200);
     Ok(())
 }
 

@@ -1,0 +1,130 @@
+//! Helpers for tests that run a coordinator: its command line, waiting on its progress
+//! stream, and reading what it left in the store and the checkpoint.
+
+use std::{collections::BTreeMap, path::Path};
+
+use alldocs_proto::v1::{
+    coordinator_client::CoordinatorClient, Progress, RunState, WatchProgressRequest,
+};
+
+use crate::procs::args;
+
+/// Common options: a private checkpoint and store, a free port, no progress bars; an
+/// option in `extra` replaces the common one of the same name.
+pub fn job_args(cmd: &str, dir: &Path, origin: &str, extra: &[&str]) -> Vec<String> {
+    let base = args(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        dir.join("alldocs.sqlite").to_str().unwrap(),
+        "--store",
+        dir.join("data").to_str().unwrap(),
+        "--replicate-origin",
+        origin,
+        "--registry",
+        origin,
+        "--rate-limit",
+        "0",
+        "--progress",
+        "none",
+        "--retry-base",
+        "10ms",
+    ]);
+    let mut a = vec![cmd.to_string()];
+    for pair in base.chunks(2) {
+        if !extra.contains(&pair[0].as_str()) {
+            a.extend_from_slice(pair);
+        }
+    }
+    a.extend(args(extra));
+    a
+}
+
+/// Follows WatchProgress until the run is done; returns the last progress.
+pub async fn wait_done(url: &str) -> anyhow::Result<Progress> {
+    let mut client = CoordinatorClient::connect(url.to_string()).await?;
+    let mut stream = client
+        .watch_progress(WatchProgressRequest { interval_ms: 100 })
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(p) = stream.message().await? {
+        let done = p.state == RunState::Done as i32;
+        last = Some(p);
+        if done {
+            break;
+        }
+    }
+    let last = last.expect("at least one progress message");
+    assert_eq!(
+        last.state,
+        RunState::Done as i32,
+        "WatchProgress ends when the run is done"
+    );
+    Ok(last)
+}
+
+/// Follows WatchProgress until `pred` holds.
+pub async fn wait_until(url: &str, pred: impl Fn(&Progress) -> bool) -> anyhow::Result<Progress> {
+    let mut client = CoordinatorClient::connect(url.to_string()).await?;
+    let mut stream = client
+        .watch_progress(WatchProgressRequest { interval_ms: 50 })
+        .await?
+        .into_inner();
+    while let Some(p) = stream.message().await? {
+        if pred(&p) {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!("the run ended before the condition held")
+}
+
+/// Every `packuments/**.json` under `data`, by package name.
+pub fn stored_files(data: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, &format!("{prefix}{name}/"), out);
+            } else if let Some(stem) = name.strip_suffix(".json") {
+                out.insert(format!("{prefix}{stem}"), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(&data.join("packuments"), "", &mut out);
+    out
+}
+
+/// The statuses the checkpoint holds, read straight from the SQLite file.
+pub fn checkpoint_statuses(db: &Path) -> BTreeMap<String, String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn.prepare("SELECT name, status FROM packages").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Everything the checkpoint holds, as text, for before/after comparisons.
+pub fn checkpoint_dump(db: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut out = Vec::new();
+    for table in ["meta", "partitions", "packages", "leases"] {
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {table} ORDER BY 1"))
+            .unwrap();
+        let columns = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((0..columns)
+                    .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join("|"))
+            })
+            .unwrap();
+        out.extend(rows.map(|r| format!("{table}: {}", r.unwrap())));
+    }
+    out
+}
