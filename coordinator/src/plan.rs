@@ -1,15 +1,7 @@
 //! The partition plan: pivots in raw byte order → half-open partitions that cover the
 //! whole key space, the first without a start and the last without an end.
 
-use alldocs_fetcher::keys::partition_name;
-
-/// One half-open range `[start, end)` of the key space.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Partition {
-    pub name: String,
-    pub start: Option<String>,
-    pub end: Option<String>,
-}
+pub use alldocs_fetcher::keys::{partitions, Partition};
 
 /// Why pivots were refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -74,22 +66,6 @@ pub fn validate(pivots: &[String]) -> Result<(), PlanError> {
     Ok(())
 }
 
-/// The partitions the pivots cut the key space into (pivots + 1 of them).
-pub fn partitions(pivots: &[String]) -> Vec<Partition> {
-    let mut bounds: Vec<Option<&str>> = Vec::with_capacity(pivots.len() + 2);
-    bounds.push(None);
-    bounds.extend(pivots.iter().map(|p| Some(p.as_str())));
-    bounds.push(None);
-    bounds
-        .windows(2)
-        .map(|w| Partition {
-            name: partition_name(w[0], w[1]),
-            start: w[0].map(str::to_string),
-            end: w[1].map(str::to_string),
-        })
-        .collect()
-}
-
 /// The built-in pivots: everything before digits, digits, `@` scopes (each initial
 /// letter cut in four), uppercase legacy names, then lowercase names, each initial
 /// letter cut in six where npm is dense. About 270 partitions of ~20,000 names each
@@ -135,7 +111,7 @@ mod tests {
             (Some("a"), None)
         );
         assert_eq!(
-            partitions(&[]).len(),
+            partitions::<String>(&[]).len(),
             1,
             "no pivots: one partition, the whole space"
         );

@@ -247,6 +247,8 @@ pub fn status_error(url: &str, resp: &reqwest::Response) -> FetchError {
     }
 }
 
+/// `Retry-After` as a wait: delay-seconds, or an HTTP date (IMF-fixdate and the obsolete
+/// forms, read by the `httpdate` crate; RFC 3339 also accepted). A past date means now.
 fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
@@ -254,33 +256,11 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
     }
     let when = humantime::parse_rfc3339_weak(value)
         .ok()
-        .or_else(|| httpdate(value))?;
+        .or_else(|| httpdate::parse_http_date(value).ok())?;
     Some(
         when.duration_since(std::time::SystemTime::now())
             .unwrap_or_default(),
     )
-}
-
-/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
-fn httpdate(value: &str) -> Option<std::time::SystemTime> {
-    let parts: Vec<&str> = value.split_whitespace().collect();
-    if parts.len() != 6 || parts[5] != "GMT" {
-        return None;
-    }
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| *m == parts[2])?
-        + 1;
-    let iso = format!(
-        "{}-{:02}-{:02}T{}Z",
-        parts[3],
-        month,
-        parts[1].parse::<u32>().ok()?,
-        parts[4]
-    );
-    humantime::parse_rfc3339(&iso).ok()
 }
 
 #[cfg(test)]
@@ -297,6 +277,18 @@ mod tests {
             "a date in the past means now"
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn retry_after_a_future_date_is_the_time_until_it() {
+        let at = std::time::SystemTime::now() + Duration::from_secs(90);
+        let wait = parse_retry_after(&httpdate::fmt_http_date(at)).expect("an HTTP date");
+        // The date has whole seconds and a moment passes: 89 to 90 seconds.
+        assert!(
+            (Duration::from_secs(88)..=Duration::from_secs(90)).contains(&wait),
+            "{wait:?}"
+        );
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 UTC"), None);
     }
 
     #[test]

@@ -1,5 +1,31 @@
 //! Key-space arithmetic: half-open partitions in raw byte order and their stable names.
 
+/// One half-open range `[start, end)` of the key space, with its stable name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    pub name: String,
+    pub start: Option<String>,
+    pub end: Option<String>,
+}
+
+/// The partitions sorted pivots cut the key space into (pivots + 1 of them): the first
+/// without a start, the last without an end, each pivot the end of one and the start of
+/// the next.
+pub fn partitions<S: AsRef<str>>(pivots: &[S]) -> Vec<Partition> {
+    let mut bounds: Vec<Option<&str>> = Vec::with_capacity(pivots.len() + 2);
+    bounds.push(None);
+    bounds.extend(pivots.iter().map(|p| Some(p.as_ref())));
+    bounds.push(None);
+    bounds
+        .windows(2)
+        .map(|w| Partition {
+            name: partition_name(w[0], w[1]),
+            start: w[0].map(str::to_string),
+            end: w[1].map(str::to_string),
+        })
+        .collect()
+}
+
 /// Whether `key` lies in the half-open range `[start, end)`, comparing raw bytes as
 /// `_all_docs` orders them. An absent bound is the edge of the key space.
 pub fn in_range(key: &str, start: Option<&str>, end: Option<&str>) -> bool {

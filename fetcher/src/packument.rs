@@ -8,7 +8,8 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
+use object_store::{buffered::BufWriter, path::Path};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 
@@ -86,105 +87,177 @@ pub async fn fetch(
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let (doc_rev, bytes, uri) = store_body(resp, &url, store, name).await?;
-        bytes_total.fetch_add(bytes, Ordering::Relaxed);
+        let body = store_body(resp, &url, store, name).await?;
+        bytes_total.fetch_add(body.bytes, Ordering::Relaxed);
         Ok(Outcome::Stored(PackumentStored {
             name: name.to_string(),
             rev: index_rev.to_string(),
-            uri,
-            bytes,
-            doc_rev: doc_rev.unwrap_or_default(),
+            uri: body.uri,
+            bytes: body.bytes,
+            doc_rev: body.doc_rev.unwrap_or_default(),
             etag,
         }))
     })
     .await
 }
 
+/// Where one packument's body goes, and how its failures are named.
+struct Destination<'a> {
+    store: &'a Store,
+    path: Path,
+    uri: String,
+    url: &'a str,
+}
+
+/// A body written to the store: its top-level `_rev`, its length, and where it is.
+struct StoredBody {
+    doc_rev: Option<String>,
+    bytes: u64,
+    uri: String,
+}
+
+impl Destination<'_> {
+    fn transport(&self, e: reqwest::Error) -> FetchError {
+        FetchError::transport(self.url, &e)
+    }
+
+    fn invalid(&self, e: serde_json::Error) -> FetchError {
+        FetchError::InvalidJson {
+            url: redact(self.url),
+            message: e.to_string(),
+        }
+    }
+
+    fn store_err(&self, e: impl fmt::Display) -> FetchError {
+        FetchError::Store {
+            uri: self.uri.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn stored(self, doc_rev: Option<String>, bytes: u64) -> StoredBody {
+        StoredBody {
+            doc_rev,
+            bytes,
+            uri: self.uri,
+        }
+    }
+}
+
+/// Stores a packument's body once it is known to be one JSON object: a body of up to
+/// [`SPILL_BYTES`] is read whole, a larger one (announced, or found while reading) streams.
 async fn store_body(
     resp: reqwest::Response,
     url: &str,
     store: &Store,
     name: &str,
-) -> Result<(Option<String>, u64, String), FetchError> {
+) -> Result<StoredBody, FetchError> {
     let path = packument_path(name);
-    let uri = store.uri(&path);
-    let transport = |e: reqwest::Error| FetchError::transport(url, &e);
-    let invalid = |e: serde_json::Error| FetchError::InvalidJson {
-        url: redact(url),
-        message: e.to_string(),
-    };
-    let store_err = |message: String| FetchError::Store {
-        uri: uri.clone(),
-        message,
+    let dest = Destination {
+        store,
+        uri: store.uri(&path),
+        path,
+        url,
     };
     let large = resp
         .content_length()
         .is_some_and(|len| len > SPILL_BYTES as u64);
     let mut body = resp.bytes_stream();
-    let mut buf = BytesMut::new();
-    if !large {
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(transport)?;
-            buf.extend_from_slice(&chunk);
-            if buf.len() > SPILL_BYTES {
-                break;
-            }
+    let head = if large {
+        Bytes::new()
+    } else {
+        let head = read_until_spill(&mut body, &dest).await?;
+        if head.len() <= SPILL_BYTES {
+            return store_small(head, dest).await;
         }
-        if buf.len() <= SPILL_BYTES {
-            let bytes = buf.freeze();
-            let rev = doc_rev(&bytes[..]).map_err(invalid)?;
-            let len = bytes.len() as u64;
-            store
-                .put(&path, bytes)
-                .await
-                .map_err(|e| store_err(e.to_string()))?;
-            return Ok((rev, len, uri));
+        head
+    };
+    stream_large(head, body, dest).await
+}
+
+/// Reads `body` until it ends or holds more than [`SPILL_BYTES`].
+async fn read_until_spill(
+    body: &mut (impl Stream<Item = reqwest::Result<Bytes>> + Unpin),
+    dest: &Destination<'_>,
+) -> Result<Bytes, FetchError> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| dest.transport(e))?;
+        buf.extend_from_slice(&chunk);
+        if buf.len() > SPILL_BYTES {
+            break;
         }
     }
+    Ok(buf.freeze())
+}
 
-    // Large: stream to the store in parts while a blocking thread validates the same bytes.
+/// A whole body in memory: checked, then written in one request.
+async fn store_small(bytes: Bytes, dest: Destination<'_>) -> Result<StoredBody, FetchError> {
+    let rev = doc_rev(&bytes[..]).map_err(|e| dest.invalid(e))?;
+    let len = bytes.len() as u64;
+    dest.store
+        .put(&dest.path, bytes)
+        .await
+        .map_err(|e| dest.store_err(e))?;
+    Ok(dest.stored(rev, len))
+}
+
+/// A large body (`head`, then the rest of `body`): streamed to the store in parts while a
+/// blocking thread validates the same bytes; the object appears only if both succeed.
+async fn stream_large(
+    head: Bytes,
+    body: impl Stream<Item = reqwest::Result<Bytes>> + Unpin,
+    dest: Destination<'_>,
+) -> Result<StoredBody, FetchError> {
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let validator = tokio::task::spawn_blocking(move || doc_rev(ChannelReader::new(rx)));
-    let mut writer = store.writer(&path, SPILL_BYTES);
-    let mut len = 0u64;
-    let streamed: Result<(), FetchError> = async {
-        let mut pending = Some(buf.freeze());
-        loop {
-            let chunk = match pending.take() {
-                Some(first) => first,
-                None => match body.next().await {
-                    Some(chunk) => chunk.map_err(transport)?,
-                    None => return Ok(()),
-                },
-            };
-            len += chunk.len() as u64;
-            writer
-                .write_all(&chunk)
-                .await
-                .map_err(|e| store_err(e.to_string()))?;
-            if tx.send(chunk).await.is_err() {
-                return Ok(()); // the validator stopped early: it has the error
-            }
-        }
-    }
-    .await;
-    drop(tx);
+    let mut writer = dest.store.writer(&dest.path, SPILL_BYTES);
+    // `tx` goes with the copy and is dropped when it ends, so the validator sees the end.
+    let streamed = copy_to_both(head, body, &mut writer, tx, &dest).await;
     let validated = validator.await.expect("the validator does not panic");
     match (streamed, validated) {
-        (Ok(()), Ok(rev)) => {
-            writer
-                .shutdown()
-                .await
-                .map_err(|e| store_err(e.to_string()))?;
-            Ok((rev, len, uri))
+        (Ok(len), Ok(rev)) => {
+            writer.shutdown().await.map_err(|e| dest.store_err(e))?;
+            Ok(dest.stored(rev, len))
         }
         (Err(e), _) => {
             let _ = writer.abort().await;
             Err(e)
         }
-        (Ok(()), Err(e)) => {
+        (Ok(_), Err(e)) => {
             let _ = writer.abort().await;
-            Err(invalid(e))
+            Err(dest.invalid(e))
+        }
+    }
+}
+
+/// Writes `head` and then each chunk of `body` to the store writer and to the validator;
+/// returns the bytes written. Stops early, without error, when the validator has stopped:
+/// it holds the error.
+async fn copy_to_both(
+    head: Bytes,
+    mut body: impl Stream<Item = reqwest::Result<Bytes>> + Unpin,
+    writer: &mut BufWriter,
+    tx: mpsc::Sender<Bytes>,
+    dest: &Destination<'_>,
+) -> Result<u64, FetchError> {
+    let mut len = 0u64;
+    let mut pending = Some(head);
+    loop {
+        let chunk = match pending.take() {
+            Some(first) => first,
+            None => match body.next().await {
+                Some(chunk) => chunk.map_err(|e| dest.transport(e))?,
+                None => return Ok(len),
+            },
+        };
+        len += chunk.len() as u64;
+        writer
+            .write_all(&chunk)
+            .await
+            .map_err(|e| dest.store_err(e))?;
+        if tx.send(chunk).await.is_err() {
+            return Ok(len);
         }
     }
 }
@@ -309,5 +382,128 @@ mod tests {
         }
         drop(tx);
         assert_eq!(doc_rev(ChannelReader::new(rx)).unwrap(), Some("1-a".into()));
+    }
+
+    /// A response whose length is announced (a whole body) or not (a stream of chunks).
+    fn response(body: impl Into<reqwest::Body>) -> reqwest::Response {
+        http::Response::new(body).into()
+    }
+
+    fn chunked(chunks: Vec<std::io::Result<Bytes>>) -> reqwest::Body {
+        reqwest::Body::wrap_stream(futures::stream::iter(chunks))
+    }
+
+    fn in_chunks(doc: &[u8], size: usize) -> reqwest::Body {
+        chunked(
+            doc.chunks(size)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect(),
+        )
+    }
+
+    /// A packument of at least `len` bytes with a `_rev` after a long value.
+    fn doc(len: usize) -> Vec<u8> {
+        let pad = "x".repeat(len.saturating_sub(30));
+        format!(r#"{{"pad":"{pad}","_rev":"7-big"}}"#).into_bytes()
+    }
+
+    fn fresh_store(tag: &str) -> Store {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Store::open(&format!("memory://packument-{tag}-{n}")).unwrap()
+    }
+
+    async fn stored_object(store: &Store, name: &str) -> Option<Bytes> {
+        store.get(&packument_path(name)).await.ok()
+    }
+
+    #[tokio::test]
+    async fn bodies_small_or_large_announced_or_not_are_stored_byte_for_byte() {
+        let small = doc(1_000);
+        let large = doc(SPILL_BYTES + 3_000_000);
+        let cases: Vec<(&str, &[u8], reqwest::Body)> = vec![
+            ("small", &small, small.clone().into()),
+            ("small-chunked", &small, in_chunks(&small, 100)),
+            ("large", &large, large.clone().into()),
+            ("large-chunked", &large, in_chunks(&large, 1 << 20)),
+        ];
+        for (what, doc, body) in cases {
+            let store = fresh_store(what);
+            let got = store_body(response(body), "http://h/x", &store, "@s/x")
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(got.doc_rev.as_deref(), Some("7-big"), "{what}");
+            assert_eq!(got.bytes, doc.len() as u64, "{what}");
+            assert_eq!(got.uri, store.uri(&packument_path("@s/x")), "{what}");
+            let object = stored_object(&store, "@s/x").await.expect("stored");
+            assert!(object[..] == doc[..], "{what}: stored byte for byte");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_at_the_spill_boundary_is_stored_byte_for_byte() {
+        let body = doc(SPILL_BYTES);
+        let body = [
+            &body[..body.len() - 1],
+            &vec![b' '; SPILL_BYTES - body.len()],
+            b"}",
+        ]
+        .concat();
+        assert_eq!(body.len(), SPILL_BYTES);
+        let store = fresh_store("spill");
+        let got = store_body(
+            response(in_chunks(&body, 1 << 16)),
+            "http://h/x",
+            &store,
+            "x",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (got.bytes, got.doc_rev.as_deref()),
+            (SPILL_BYTES as u64, Some("7-big"))
+        );
+        assert!(stored_object(&store, "x").await.expect("stored")[..] == body[..]);
+    }
+
+    #[tokio::test]
+    async fn bodies_that_are_not_one_json_object_leave_no_object() {
+        let mut large = doc(SPILL_BYTES + 1_000_000);
+        large.extend_from_slice(b" trailing");
+        let cases: Vec<(&str, reqwest::Body)> = vec![
+            ("small", br#"[1,2]"#.to_vec().into()),
+            ("large", large.clone().into()),
+            ("large-chunked", in_chunks(&large, 1 << 20)),
+        ];
+        for (what, body) in cases {
+            let store = fresh_store(what);
+            let err = store_body(response(body), "http://u:p@h/x", &store, "x")
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{what} was accepted"));
+            match err {
+                FetchError::InvalidJson { url, .. } => assert_eq!(url, "http://h/x", "{what}"),
+                other => panic!("{what}: {other}"),
+            }
+            assert!(stored_object(&store, "x").await.is_none(), "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_off_leaves_no_object() {
+        let large = doc(SPILL_BYTES + 1_000_000);
+        for (what, cut) in [("small", 500), ("large", SPILL_BYTES + 500_000)] {
+            let body = chunked(vec![
+                Ok(Bytes::copy_from_slice(&large[..cut])),
+                Err(std::io::Error::other("reset")),
+            ]);
+            let store = fresh_store(what);
+            let err = store_body(response(body), "http://h/x", &store, "x")
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{what} was accepted"));
+            assert!(matches!(err, FetchError::Transport { .. }), "{what}: {err}");
+            assert!(stored_object(&store, "x").await.is_none(), "{what}");
+        }
     }
 }

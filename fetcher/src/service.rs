@@ -7,7 +7,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use alldocs_proto::v1::{
@@ -223,11 +223,10 @@ fn deadline_of(lease: &Lease) -> tokio::time::Instant {
     if lease.deadline_unix_ms <= 0 {
         return now + Duration::from_secs(365 * 24 * 3600);
     }
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as i64;
-    now + Duration::from_millis(lease.deadline_unix_ms.saturating_sub(now_ms).max(0) as u64)
+    let left = lease
+        .deadline_unix_ms
+        .saturating_sub(alldocs_proto::now_unix_ms());
+    now + Duration::from_millis(left.max(0) as u64)
 }
 
 /// Does the lease's work; returns how many items it had.

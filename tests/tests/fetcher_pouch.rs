@@ -34,12 +34,9 @@ fn partitions() -> Vec<(Option<String>, Option<String>)> {
     let pivots = [
         "1", "@types/", "A", "a", "b0", "b1", "left-pad", "react", "zzz-last",
     ];
-    let mut bounds: Vec<Option<String>> = vec![None];
-    bounds.extend(pivots.iter().map(|p| Some(p.to_string())));
-    bounds.push(None);
-    bounds
-        .windows(2)
-        .map(|w| (w[0].clone(), w[1].clone()))
+    alldocs_fetcher::keys::partitions(&pivots)
+        .into_iter()
+        .map(|p| (p.start, p.end))
         .collect()
 }
 

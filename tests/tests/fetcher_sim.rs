@@ -9,7 +9,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use alldocs_fetcher::{
@@ -134,24 +134,6 @@ async fn object_paths(store: &Store) -> anyhow::Result<Vec<String>> {
     Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
 }
 
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .as_millis() as i64
-}
-
-/// Partition bounds from sorted pivots, open at both ends.
-fn partitions_from(pivots: &[String]) -> Vec<(Option<String>, Option<String>)> {
-    let mut bounds: Vec<Option<String>> = vec![None];
-    bounds.extend(pivots.iter().cloned().map(Some));
-    bounds.push(None);
-    bounds
-        .windows(2)
-        .map(|w| (w[0].clone(), w[1].clone()))
-        .collect()
-}
-
 /// Pivots that sit exactly on existing ids (a scoped one, an uppercase one, lowercase
 /// ones), plus a pair that bounds an empty partition: `[id + "!", next id)` holds nothing,
 /// as `!` sorts before every character of an npm name.
@@ -193,8 +175,8 @@ async fn index_all_partitions(
     let store = Store::open(&store_url)?;
     let mut union = Vec::new();
     let mut empty = 0;
-    for (start, end) in partitions_from(pivots) {
-        let (start, end) = (start.as_deref(), end.as_deref());
+    for p in alldocs_fetcher::keys::partitions(pivots) {
+        let (start, end) = (p.start.as_deref(), p.end.as_deref());
         let lease = index_lease(&sim.url(), &store_url, start, end, page_size);
         let events = fetch_all(&mut client, lease).await?;
         let rows = rows_of(&events);
@@ -727,7 +709,7 @@ async fn a_dropped_stream_stops_the_lease() -> anyhow::Result<()> {
 async fn a_lease_ends_at_its_deadline_with_its_unfinished_work_counted() -> anyhow::Result<()> {
     let (_sim, fetcher, _, mut lease) = slow_lease("deadline").await?;
     lease.concurrency = 1;
-    lease.deadline_unix_ms = now_unix_ms() + 300;
+    lease.deadline_unix_ms = alldocs_proto::now_unix_ms() + 300;
     let started = Instant::now();
     let events = tokio::time::timeout(PATIENCE, fetch_all(&mut fetcher.client().await?, lease))
         .await
