@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    checkpoint::{Checkpoint, CheckpointError, Counts},
+    checkpoint::{Checkpoint, CheckpointError, Counts, FailureCursor},
     rates::Stats,
     scheduler::state_of,
 };
@@ -68,7 +68,7 @@ pub fn progress_of(counts: &Counts, state: RunState, stats: &Stats) -> Progress 
         bytes_per_second: rates.bytes_per_second,
         eta_seconds,
         elapsed_ms: stats.elapsed().as_millis() as u64,
-        packuments_fetched_this_run: stats.fetched(),
+        packuments_fetched_this_run: counts.fetched_this_run,
         packuments_rev_mismatch: counts.packuments_rev_mismatch,
     }
 }
@@ -148,13 +148,29 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<ListFailuresRequest>,
     ) -> Result<Response<ListFailuresResponse>, Status> {
-        let limit = request.into_inner().limit;
-        let (failures, total) = self
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => 100,
+            n => n.min(1000),
+        };
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(FailureCursor::parse(token).ok_or_else(|| {
+                Status::invalid_argument(
+                    "page_token is not one this coordinator gave out; pass a next_page_token from ListFailures, or none for the first page",
+                )
+            })?),
+        };
+        let page = self
             .checkpoint
-            .call(move |db| db.list_failures(limit))
+            .call(move |db| db.list_failures(limit, after.as_ref()))
             .await
             .map_err(internal)?;
-        Ok(Response::new(ListFailuresResponse { failures, total }))
+        Ok(Response::new(ListFailuresResponse {
+            failures: page.failures,
+            total: page.total,
+            next_page_token: page.next.map(|c| c.token()).unwrap_or_default(),
+        }))
     }
 
     async fn retry_failed(

@@ -11,6 +11,8 @@ use alldocs_proto::v1::{fetch_event::Event, Failure, Partition as PartitionInfo}
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+use alldocs_fetcher::http::redact;
+
 use crate::plan::Partition;
 
 /// Why the checkpoint could not be used.
@@ -29,6 +31,14 @@ pub enum CheckpointError {
         recorded: String,
         given: String,
     },
+    #[error("the checkpoint {path} was written by a newer alldocs (schema version {found}; this coordinator understands up to {supported}). Use that coordinator (or a newer one) with it, or pass another --db")]
+    TooNew {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
+    #[error("the checkpoint {path} could not be updated: {reason}. Everything committed before is intact: fix the cause (a full disk, a read-only file) and run the same command again to carry on")]
+    Write { path: String, reason: String },
     #[error("checkpoint: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("the checkpoint thread has stopped")]
@@ -46,11 +56,12 @@ pub struct RunIdentity {
 }
 
 impl RunIdentity {
+    /// What the checkpoint records and compares: URLs without their credentials.
     fn entries(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("--replicate-origin", self.replicate_origin.clone()),
-            ("--registry", self.registry.clone()),
-            ("--store", self.store.clone()),
+            ("--replicate-origin", redact(&self.replicate_origin)),
+            ("--registry", redact(&self.registry)),
+            ("--store", redact(&self.store)),
             ("--pivots", self.pivots.join(",")),
             ("--accept", self.accept.clone()),
         ]
@@ -74,6 +85,8 @@ pub struct Counts {
     pub packuments_leased: u64,
     pub bytes_stored: u64,
     pub packuments_rev_mismatch: u64,
+    /// Packuments fetched (stored or found missing) in this run, by any process.
+    pub fetched_this_run: u64,
 }
 
 impl Counts {
@@ -83,6 +96,55 @@ impl Counts {
             && self.partitions_leased == 0
             && self.packuments_pending == 0
             && self.packuments_leased == 0
+    }
+}
+
+/// Where a page of failures starts: after this kind (0 partition, 1 packument) and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailureCursor {
+    pub kind: i64,
+    pub name: String,
+}
+
+impl FailureCursor {
+    /// The opaque `page_token` of the API.
+    pub fn token(&self) -> String {
+        format!("{}:{}", self.kind, self.name)
+    }
+
+    pub fn parse(token: &str) -> Option<Self> {
+        let (kind, name) = token.split_once(':')?;
+        let kind = kind.parse().ok().filter(|k| matches!(k, 0 | 1))?;
+        Some(Self {
+            kind,
+            name: name.to_string(),
+        })
+    }
+}
+
+/// One page of failures.
+#[derive(Clone, Debug)]
+pub struct FailurePage {
+    pub failures: Vec<Failure>,
+    pub total: u64,
+    /// Where the next page starts, if there is one.
+    pub next: Option<FailureCursor>,
+}
+
+impl FailurePage {
+    /// From up to `limit + 1` rows: the extra one only says that another page follows.
+    fn new(mut failures: Vec<Failure>, limit: usize, total: u64) -> Self {
+        let more = failures.len() > limit;
+        failures.truncate(limit);
+        let next = failures.last().filter(|_| more).map(|f| FailureCursor {
+            kind: i64::from(f.kind == "packument"),
+            name: f.name.clone(),
+        });
+        Self {
+            failures,
+            total,
+            next,
+        }
     }
 }
 
@@ -108,56 +170,17 @@ pub struct Db {
     cached: Option<(Instant, Duration, Counts)>,
 }
 
-type Reply = Box<dyn FnOnce() + Send>;
-type Job = Box<dyn FnOnce(&mut Db) -> Reply + Send>;
+/// Called once the batch a job ran in is committed, with the commit's outcome.
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// Runs inside the batch's transaction (`None`: the transaction could not begin).
+type Job = Box<dyn FnOnce(Option<&mut Db>) -> Reply + Send>;
 
 /// A handle to the checkpoint thread.
 #[derive(Clone)]
 pub struct Checkpoint {
     tx: mpsc::Sender<Job>,
+    path: std::sync::Arc<str>,
 }
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS partitions (
-    name TEXT PRIMARY KEY,
-    ord INTEGER NOT NULL,
-    start_key TEXT,
-    end_key TEXT,
-    status TEXT NOT NULL DEFAULT 'pending',
-    rows INTEGER NOT NULL DEFAULT 0,
-    uri TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    lease_token INTEGER
-);
-CREATE TABLE IF NOT EXISTS packages (
-    name TEXT PRIMARY KEY,
-    partition TEXT NOT NULL,
-    indexed_rev TEXT NOT NULL,
-    stored_rev TEXT,
-    doc_rev TEXT,
-    status TEXT NOT NULL,
-    uri TEXT,
-    bytes INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    lease_token INTEGER,
-    seen_run INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS packages_by_status ON packages(status, partition, name);
-CREATE INDEX IF NOT EXISTS packages_by_partition_run ON packages(partition, seen_run);
-CREATE TABLE IF NOT EXISTS leases (
-    token INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    items INTEGER NOT NULL,
-    fetcher TEXT NOT NULL,
-    started_ms INTEGER NOT NULL,
-    deadline_ms INTEGER NOT NULL,
-    ended_ms INTEGER,
-    outcome TEXT
-);
-";
 
 impl Checkpoint {
     /// Opens or creates the checkpoint at `path`, refuses one made with other settings,
@@ -182,8 +205,10 @@ impl Checkpoint {
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)?;
+        // Every commit reaches the disk before its callers hear of it: a `stored` row
+        // survives a power loss (its object was made durable before the event was sent).
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        crate::schema::check_version(&conn, &shown)?;
         let mut db = Db {
             conn,
             run: 0,
@@ -196,28 +221,50 @@ impl Checkpoint {
             .name("checkpoint".into())
             .spawn(move || db.serve(rx))
             .expect("spawning the checkpoint thread");
-        Ok((Self { tx }, opened))
+        Ok((
+            Self {
+                tx,
+                path: shown.into(),
+            },
+            opened,
+        ))
+    }
+
+    /// The checkpoint's path, for messages.
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     /// Runs `f` on the checkpoint thread inside the current batch's transaction (in its own
-    /// savepoint) and returns its result once the batch is committed.
+    /// savepoint) and returns its result once the batch is committed. An error of `f`, or
+    /// a batch that could not be committed, is an error here: nothing is reported done
+    /// that the checkpoint does not hold.
     pub async fn call<T, F>(&self, f: F) -> Result<T, CheckpointError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Db) -> rusqlite::Result<T> + Send + 'static,
     {
         let (reply_tx, reply_rx) = oneshot::channel();
-        let job: Job = Box::new(move |db: &mut Db| {
-            let result = db.in_savepoint(f);
-            Box::new(move || {
-                let _ = reply_tx.send(result);
+        let job: Job = Box::new(move |db: Option<&mut Db>| {
+            let result = db.map(|db| db.in_savepoint(f));
+            Box::new(move |committed: Result<(), String>| {
+                let outcome = match (result, committed) {
+                    (Some(Ok(value)), Ok(())) => Ok(value),
+                    (Some(Err(e)), _) => Err(e.to_string()),
+                    (_, Err(e)) => Err(e),
+                    (None, Ok(())) => Err("the transaction did not begin".to_string()),
+                };
+                let _ = reply_tx.send(outcome);
             })
         });
         self.tx.send(job).map_err(|_| CheckpointError::Closed)?;
         reply_rx
             .await
             .map_err(|_| CheckpointError::Closed)?
-            .map_err(CheckpointError::Sql)
+            .map_err(|reason| CheckpointError::Write {
+                path: self.path.to_string(),
+                reason,
+            })
     }
 }
 
@@ -231,18 +278,32 @@ impl Db {
                     Err(_) => break,
                 }
             }
-            if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-                tracing::error!(error = %e, "checkpoint: cannot begin a transaction");
-            }
-            let replies: Vec<Reply> = jobs.into_iter().map(|job| job(&mut self)).collect();
-            if let Err(e) = self.conn.execute_batch("COMMIT") {
-                tracing::error!(error = %e, "checkpoint: commit failed");
-                let _ = self.conn.execute_batch("ROLLBACK");
-            }
-            for reply in replies {
-                reply();
+            let committed = self.run_batch(jobs);
+            for (reply, outcome) in committed {
+                reply(outcome);
             }
         }
+    }
+
+    /// Runs a batch of jobs in one transaction; pairs each reply with the commit's outcome.
+    fn run_batch(&mut self, jobs: Vec<Job>) -> Vec<(Reply, Result<(), String>)> {
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "checkpoint: cannot begin a transaction");
+            let reason = format!("cannot begin a transaction: {e}");
+            return jobs
+                .into_iter()
+                .map(|job| (job(None), Err(reason.clone())))
+                .collect();
+        }
+        let replies: Vec<Reply> = jobs.into_iter().map(|job| job(Some(self))).collect();
+        let outcome = self.conn.execute_batch("COMMIT").map_err(|e| {
+            tracing::error!(error = %e, "checkpoint: commit failed");
+            let _ = self.conn.execute_batch("ROLLBACK");
+            // What the batch changed is gone; so is anything counted from it.
+            self.cached = None;
+            format!("commit failed: {e}")
+        });
+        replies.into_iter().map(|r| (r, outcome.clone())).collect()
     }
 
     fn in_savepoint<T>(
@@ -273,27 +334,39 @@ impl Db {
         Ok(())
     }
 
+    /// Refuses a checkpoint made with other settings (before writing anything).
+    fn check_identity(&self, path: &str, identity: &RunIdentity) -> Result<(), CheckpointError> {
+        if !crate::schema::has_tables(&self.conn)? {
+            return Ok(());
+        }
+        for (key, given) in identity.entries() {
+            // URLs are recorded without credentials (older checkpoints may hold them:
+            // compare and show them redacted too).
+            let Some(recorded) = self.meta(key)?.map(|r| redact(&r)) else {
+                continue;
+            };
+            if recorded != given {
+                return Err(CheckpointError::ConfigMismatch {
+                    path: path.to_string(),
+                    key: key.to_string(),
+                    recorded,
+                    given,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn start(
         &mut self,
         path: &str,
         identity: &RunIdentity,
         plan: &[Partition],
     ) -> Result<Opened, CheckpointError> {
-        for (key, given) in identity.entries() {
-            if let Some(recorded) = self.meta(key)? {
-                if recorded != given {
-                    // URLs may carry credentials: never echo them.
-                    return Err(CheckpointError::ConfigMismatch {
-                        path: path.to_string(),
-                        key: key.to_string(),
-                        recorded: alldocs_fetcher::http::redact(&recorded),
-                        given: alldocs_fetcher::http::redact(&given),
-                    });
-                }
-            }
-        }
+        self.check_identity(path, identity)?;
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = (|| -> rusqlite::Result<Opened> {
+            crate::schema::create_or_migrate(&self.conn)?;
             for (key, given) in identity.entries() {
                 self.set_meta(key, &given)?;
             }
@@ -305,32 +378,7 @@ impl Db {
                     insert.execute(params![p.name, ord as i64, p.start, p.end])?;
                 }
             }
-            let run: i64 = self.meta("run")?.and_then(|r| r.parse().ok()).unwrap_or(0);
-            let complete = self.meta("run_complete")?.as_deref() == Some("1");
-            let opened = if run == 0 || complete {
-                // A new run re-indexes everything; packuments are fetched again only if
-                // their revision changed, or they failed.
-                let run = run + 1;
-                self.conn.execute_batch(
-                    "UPDATE partitions SET status = 'pending', rows = 0, uri = NULL, attempts = 0,
-                         last_error = NULL, lease_token = NULL;
-                     UPDATE packages SET status = 'pending', attempts = 0, last_error = NULL, lease_token = NULL
-                         WHERE status IN ('failed', 'leased');",
-                )?;
-                self.set_meta("run", &run.to_string())?;
-                self.set_meta("run_complete", "0")?;
-                Opened {
-                    run,
-                    resumed: false,
-                }
-            } else {
-                // Carrying on after a stop or a crash: leases in flight then are void.
-                self.conn.execute_batch(
-                    "UPDATE partitions SET status = 'pending', lease_token = NULL WHERE status = 'leased';
-                     UPDATE packages SET status = 'pending', lease_token = NULL WHERE status = 'leased';",
-                )?;
-                Opened { run, resumed: true }
-            };
+            let opened = self.begin_or_resume_run()?;
             self.conn.execute(
                 "UPDATE leases SET ended_ms = ?1, outcome = 'abandoned: coordinator restarted' WHERE ended_ms IS NULL",
                 [alldocs_proto::now_unix_ms()],
@@ -348,6 +396,36 @@ impl Db {
                 Err(e.into())
             }
         }
+    }
+
+    /// A new run after a finished one (or the first), or carrying on with an unfinished one.
+    fn begin_or_resume_run(&self) -> rusqlite::Result<Opened> {
+        let run: i64 = self.meta("run")?.and_then(|r| r.parse().ok()).unwrap_or(0);
+        let complete = self.meta("run_complete")?.as_deref() == Some("1");
+        Ok(if run == 0 || complete {
+            // A new run re-indexes everything; packuments are fetched again only if
+            // their revision changed, or they failed.
+            let run = run + 1;
+            self.conn.execute_batch(
+                "UPDATE partitions SET status = 'pending', rows = 0, uri = NULL, attempts = 0,
+                     last_error = NULL, lease_token = NULL;
+                 UPDATE packages SET status = 'pending', attempts = 0, last_error = NULL, lease_token = NULL
+                     WHERE status IN ('failed', 'leased');",
+            )?;
+            self.set_meta("run", &run.to_string())?;
+            self.set_meta("run_complete", "0")?;
+            Opened {
+                run,
+                resumed: false,
+            }
+        } else {
+            // Carrying on after a stop or a crash: leases in flight then are void.
+            self.conn.execute_batch(
+                "UPDATE partitions SET status = 'pending', lease_token = NULL WHERE status = 'leased';
+                 UPDATE packages SET status = 'pending', lease_token = NULL WHERE status = 'leased';",
+            )?;
+            Opened { run, resumed: true }
+        })
     }
 
     /// The fencing token for a new lease: strictly increasing for the checkpoint's life.
@@ -466,18 +544,24 @@ impl Db {
                 }
                 Event::Stored(s) => {
                     stored += self.conn.execute(
-                        "UPDATE packages SET status = 'stored', stored_rev = ?1, doc_rev = ?2, uri = ?3, bytes = ?4,
-                             last_error = NULL, lease_token = NULL
+                        // The revision stored is the document's own `_rev` (a registry
+                        // lagging the index serves an older one: the next run fetches it
+                        // again), or the one asked for if the document has none.
+                        "UPDATE packages SET status = 'stored', stored_rev = COALESCE(NULLIF(?2, ''), ?1),
+                             doc_rev = ?2, uri = ?3, bytes = ?4, last_error = NULL, lease_token = NULL,
+                             fetched_run = ?7
                          WHERE name = ?5 AND lease_token = ?6 AND status = 'leased'",
-                        params![s.rev, s.doc_rev, s.uri, s.bytes as i64, s.name, token],
+                        params![s.rev, s.doc_rev, s.uri, s.bytes as i64, s.name, token, self.run],
                     )? as u64;
                 }
                 Event::Missing(m) => {
                     self.conn.execute(
-                        "UPDATE packages SET status = 'missing', stored_rev = indexed_rev, uri = NULL, bytes = 0,
-                             last_error = ?1, lease_token = NULL
+                        // No revision is stored: a name that 404s briefly (or for good)
+                        // is asked for again by the next run, not frozen as missing.
+                        "UPDATE packages SET status = 'missing', stored_rev = NULL, uri = NULL, bytes = 0,
+                             last_error = ?1, lease_token = NULL, fetched_run = ?4
                          WHERE name = ?2 AND lease_token = ?3 AND status = 'leased'",
-                        params![format!("HTTP {}", m.http_status), m.name, token],
+                        params![format!("HTTP {}", m.http_status), m.name, token, self.run],
                     )?;
                 }
                 Event::Failed(f) => {
@@ -637,15 +721,23 @@ impl Db {
             // One pass over the packages for every figure.
             let mut stmt = self.conn.prepare_cached(
                 "SELECT status, COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(seen_run = ?1), 0),
-                        COALESCE(SUM(doc_rev IS NOT NULL AND doc_rev != '' AND doc_rev != stored_rev), 0)
+                        COALESCE(SUM(doc_rev IS NOT NULL AND doc_rev != '' AND doc_rev != indexed_rev), 0),
+                        COALESCE(SUM(fetched_run = ?1), 0)
                  FROM packages GROUP BY status",
             )?;
             let mut rows = stmt.query([self.run])?;
             while let Some(r) = rows.next()? {
-                let (status, n, bytes, seen, mismatch): (String, i64, i64, i64, i64) =
-                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+                let (status, n, bytes, seen, mismatch, fetched): (String, i64, i64, i64, i64, i64) = (
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                );
                 let n = n as u64;
                 c.rows_indexed += seen as u64;
+                c.fetched_this_run += fetched as u64;
                 if status == "removed" {
                     continue;
                 }
@@ -696,20 +788,25 @@ impl Db {
         rows.collect()
     }
 
-    pub fn list_failures(&self, limit: u32) -> rusqlite::Result<(Vec<Failure>, u64)> {
-        let limit = if limit == 0 {
-            i64::MAX
-        } else {
-            i64::from(limit)
-        };
-        let mut stmt = self.conn.prepare(
-            "SELECT 'partition', name, COALESCE(last_error, ''), attempts FROM partitions WHERE status = 'failed'
-             UNION ALL
-             SELECT 'packument', name, COALESCE(last_error, ''), attempts FROM packages WHERE status = 'failed'
-             ORDER BY 1 DESC, 2 LIMIT ?1",
+    /// One page of failures after `after` (partitions first, then packuments, each by
+    /// name), at most `limit`; with the total and where the next page starts.
+    pub fn list_failures(
+        &self,
+        limit: u32,
+        after: Option<&FailureCursor>,
+    ) -> rusqlite::Result<FailurePage> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT kind, name, reason, attempts FROM (
+                 SELECT 0 AS k, 'partition' AS kind, name, COALESCE(last_error, '') AS reason, attempts
+                     FROM partitions WHERE status = 'failed'
+                 UNION ALL
+                 SELECT 1, 'packument', name, COALESCE(last_error, ''), attempts
+                     FROM packages WHERE status = 'failed')
+             WHERE (k, name) > (?1, ?2) ORDER BY k, name LIMIT ?3",
         )?;
+        let (k, name) = after.map_or((-1, ""), |c| (c.kind, c.name.as_str()));
         let failures = stmt
-            .query_map([limit], |r| {
+            .query_map(params![k, name, i64::from(limit) + 1], |r| {
                 Ok(Failure {
                     kind: r.get(0)?,
                     name: r.get(1)?,
@@ -724,7 +821,7 @@ impl Db {
             [],
             |r| r.get(0),
         )?;
-        Ok((failures, total as u64))
+        Ok(FailurePage::new(failures, limit as usize, total as u64))
     }
 
     /// Returns failed items (all, or those named) to pending with fresh attempts.
@@ -890,14 +987,14 @@ mod tests {
                         http_status: 401,
                     })],
                 )?;
-                Ok((db.counts_now()?, db.list_failures(0)?))
+                Ok((db.counts_now()?, db.list_failures(100, None)?))
             })
             .await
             .unwrap();
         assert!(counts.is_done());
         assert_eq!(counts.packuments_failed, 2);
         let reasons: Vec<_> = failures
-            .0
+            .failures
             .iter()
             .map(|f| (f.name.as_str(), f.reason.as_str(), f.attempts))
             .collect();

@@ -25,7 +25,7 @@ pub async fn show(
     service: CoordinatorService,
     mode: ProgressMode,
     every: Duration,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let bars = match mode {
         ProgressMode::Auto => std::io::stderr().is_terminal(),
@@ -36,29 +36,45 @@ pub async fn show(
     if bars {
         show_bars(service, stop).await
     } else {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = &mut stop => return,
-            }
-            if let Ok(p) = service.progress().await {
-                tracing::info!(
-                    state = state_name(p.state),
-                    partitions = format!("{}/{}", p.partitions_done, p.partitions_total),
-                    rows = p.rows_indexed,
-                    packuments = format!(
-                        "{}/{}",
-                        p.packuments_done + p.packuments_missing + p.packuments_failed,
-                        p.packuments_total
-                    ),
-                    failed = p.packuments_failed + p.partitions_failed,
-                    per_second = format!("{:.1}", p.packuments_per_second),
-                    eta = eta(p.eta_seconds),
-                    "progress"
-                );
-            }
+        show_lines(service, every, stop).await
+    }
+}
+
+/// A progress line every `every`, and a last one when stopped (at the final values).
+async fn show_lines(
+    service: CoordinatorService,
+    every: Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = &mut stop => true,
+        };
+        if let Ok(p) = service.progress().await {
+            log_line(&p);
+        }
+        if stopping {
+            return;
         }
     }
+}
+
+fn log_line(p: &Progress) {
+    tracing::info!(
+        state = state_name(p.state),
+        partitions = format!("{}/{}", p.partitions_done, p.partitions_total),
+        rows = p.rows_indexed,
+        packuments = format!(
+            "{}/{}",
+            p.packuments_done + p.packuments_missing + p.packuments_failed,
+            p.packuments_total
+        ),
+        failed = p.packuments_failed + p.partitions_failed,
+        per_second = format!("{:.1}", p.packuments_per_second),
+        eta = eta(p.eta_seconds),
+        "progress"
+    );
 }
 
 async fn show_bars(service: CoordinatorService, mut stop: tokio::sync::oneshot::Receiver<()>) {

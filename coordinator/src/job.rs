@@ -19,6 +19,7 @@ use crate::{
     display,
     fetchers::FetcherHandle,
     lease::Settings,
+    lock::CheckpointLock,
     plan::{self, Partition},
     rates::Stats,
     scheduler::Scheduler,
@@ -47,6 +48,9 @@ pub async fn job(
     let listener = grpc::bind(args.listen)
         .await
         .map_err(|e| usage(e.to_string()))?;
+    let local = listener.local_addr()?;
+    // Held until the job returns: a second coordinator on this checkpoint is refused.
+    let _lock = CheckpointLock::acquire(&args.db, local).map_err(|e| usage(e.to_string()))?;
     let (checkpoint, opened) = Checkpoint::open(
         &args.db,
         &prepared.identity,
@@ -54,12 +58,11 @@ pub async fn job(
         args.max_attempts,
     )
     .map_err(|e| match e {
-        CheckpointError::ConfigMismatch { .. } | CheckpointError::Open { .. } => {
-            usage(e.to_string())
-        }
+        CheckpointError::ConfigMismatch { .. }
+        | CheckpointError::Open { .. }
+        | CheckpointError::TooNew { .. } => usage(e.to_string()),
         other => other.into(),
     })?;
-    let local = listener.local_addr()?;
     println!("coordinator listening on {local}");
     if let Some(tx) = listening {
         let _ = tx.send(local);
@@ -286,16 +289,23 @@ impl Running {
         println!("\n{}", display::table(&progress));
         let failed = progress.partitions_failed + progress.packuments_failed;
         if failed > 0 {
-            let (failures, total) = self
+            let page = self
                 .service
                 .checkpoint
-                .call(|db| db.list_failures(10))
+                .call(|db| db.list_failures(10, None))
                 .await?;
-            println!("{total} failed (first {}):", failures.len());
-            for f in &failures {
+            println!("{} failed (first {}):", page.total, page.failures.len());
+            for f in &page.failures {
                 println!(
                     "  {} {}: {} (after {} attempts)",
                     f.kind, f.name, f.reason, f.attempts
+                );
+            }
+            if progress.partitions_failed > 0 {
+                println!(
+                    "{} partition(s) could not be indexed from --replicate-origin {}: if this machine cannot reach it, pass --replicate-origin with a CouchDB-compatible replication endpoint it can reach.",
+                    progress.partitions_failed,
+                    redact(&self.args.replicate_origin)
                 );
             }
             println!(

@@ -21,6 +21,9 @@ use crate::{
     stream::{Follower, LeaseEnd},
 };
 
+/// The leases in flight: each ends in an error only if the checkpoint failed.
+type Leases = JoinSet<Result<(), CheckpointError>>;
+
 /// Work just leased: its fencing token, what it is, and when it is due.
 #[derive(Clone, Debug)]
 pub struct Picked {
@@ -63,7 +66,7 @@ impl Scheduler {
     /// final counts. Fails if the checkpoint fails or no fetcher answers for long.
     pub async fn run(self: Arc<Self>) -> anyhow::Result<Counts> {
         self.stats.start();
-        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut tasks: Leases = JoinSet::new();
         let mut cursor = 0usize;
         loop {
             self.fill(&mut tasks, &mut cursor).await?;
@@ -81,16 +84,12 @@ impl Scheduler {
             if tasks.is_empty() {
                 self.fetchers.check_reachable()?;
             }
-            self.wait(&mut tasks).await;
+            self.wait(&mut tasks).await?;
         }
     }
 
     /// Starts leases until every slot is taken, no fetcher is free, or nothing is leasable.
-    async fn fill(
-        self: &Arc<Self>,
-        tasks: &mut JoinSet<()>,
-        cursor: &mut usize,
-    ) -> anyhow::Result<()> {
+    async fn fill(self: &Arc<Self>, tasks: &mut Leases, cursor: &mut usize) -> anyhow::Result<()> {
         while tasks.len() < self.settings.max_in_flight {
             let Some(f) = self.fetchers.next(cursor) else {
                 return Ok(());
@@ -106,12 +105,13 @@ impl Scheduler {
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let this = self.clone();
             tasks.spawn(async move {
-                let unreachable = this.run_lease(&fetcher, picked).await;
-                this.fetchers.record(f, unreachable);
+                let ended = this.run_lease(&fetcher, picked).await;
                 if is_index {
                     this.index_running.fetch_sub(1, Ordering::Relaxed);
                 }
                 this.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                this.fetchers.record(f, ended?);
+                Ok(())
             });
         }
         Ok(())
@@ -132,18 +132,21 @@ impl Scheduler {
     }
 
     /// Waits for a lease to end, for a resting fetcher to be askable again, or (open work
-    /// but nothing leasable and nothing in flight, which cannot last) a moment.
-    async fn wait(&self, tasks: &mut JoinSet<()>) {
+    /// but nothing leasable and nothing in flight, which cannot last) a moment. A lease
+    /// whose events the checkpoint could not commit stops the run (the other leases are
+    /// dropped with the task set; their work is pending again at the next start).
+    async fn wait(&self, tasks: &mut Leases) -> Result<(), CheckpointError> {
         let resting = self.fetchers.all_resting_until();
         tokio::select! {
-            joined = tasks.join_next(), if !tasks.is_empty() => {
-                if let Some(Err(e)) = joined {
-                    tracing::error!(error = %e, "a lease task panicked");
-                }
-            }
+            joined = tasks.join_next(), if !tasks.is_empty() => match joined {
+                Some(Ok(result)) => return result,
+                Some(Err(e)) => tracing::error!(error = %e, "a lease task panicked"),
+                None => {}
+            },
             _ = tokio::time::sleep_until(resting.unwrap_or_else(tokio::time::Instant::now)), if resting.is_some() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)), if tasks.is_empty() && resting.is_none() => {}
         }
+        Ok(())
     }
 
     /// Picks the next work: index partitions first while fewer than half the slots index
@@ -182,7 +185,11 @@ impl Scheduler {
 
     /// Runs one lease to its end and gives back whatever it did not finish. Returns the
     /// error if the fetcher could not be reached at all.
-    async fn run_lease(&self, fetcher: &FetcherHandle, picked: Picked) -> Option<String> {
+    async fn run_lease(
+        &self,
+        fetcher: &FetcherHandle,
+        picked: Picked,
+    ) -> Result<Option<String>, CheckpointError> {
         let token = picked.token;
         let lease = self.settings.lease(token, &picked.work, picked.deadline_ms);
         // Past the deadline the fetcher stops by itself; give it a little longer to say so.
@@ -193,28 +200,25 @@ impl Scheduler {
             stats: &self.stats,
             token,
         };
-        let end = tokio::time::timeout_at(give_up, follower.follow(fetcher, lease))
-            .await
-            .unwrap_or_else(|_| {
-                LeaseEnd::counted("lease deadline passed without an answer from the fetcher")
-            });
+        let end = match tokio::time::timeout_at(give_up, follower.follow(fetcher, lease)).await {
+            Ok(end) => end?,
+            Err(_) => LeaseEnd::counted("lease deadline passed without an answer from the fetcher"),
+        };
         let (outcome, count) = (end.outcome.clone(), end.count_attempt);
         let returned = self
             .checkpoint
             .call(move |db| db.end_lease(token, &outcome, count))
-            .await;
-        match returned {
-            Ok(0) => {
-                tracing::debug!(token, fetcher = fetcher.name(), outcome = %end.outcome, "lease ended")
-            }
-            Ok(n) => tracing::warn!(
-                token, fetcher = fetcher.name(), outcome = %end.outcome, returned = n,
+            .await?;
+        if returned == 0 {
+            tracing::debug!(token, fetcher = fetcher.name(), outcome = %end.outcome, "lease ended");
+        } else {
+            tracing::warn!(
+                token, fetcher = fetcher.name(), outcome = %end.outcome, returned,
                 attempt_counted = end.count_attempt,
                 "lease ended early; its unfinished work goes back to pending"
-            ),
-            Err(e) => tracing::error!(token, error = %e, "could not end a lease in the checkpoint"),
+            );
         }
-        end.unreachable.then_some(end.outcome)
+        Ok(end.unreachable.then_some(end.outcome))
     }
 }
 

@@ -32,7 +32,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     print!("{}", display::table(&progress));
     if progress.packuments_failed + progress.partitions_failed > 0 {
         let failures = client
-            .list_failures(ListFailuresRequest { limit: 5 })
+            .list_failures(ListFailuresRequest {
+                limit: 5,
+                ..Default::default()
+            })
             .await
             .map_err(|s| anyhow::anyhow!("ListFailures from {url} failed: {}", s.message()))?
             .into_inner();

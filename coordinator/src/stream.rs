@@ -7,7 +7,11 @@ use alldocs_proto::v1::{fetch_event::Event, FetchEvent, LeaseSummary};
 use futures::{stream::BoxStream, FutureExt, StreamExt};
 use tonic::{Code, Status};
 
-use crate::{checkpoint::Checkpoint, fetchers::FetcherHandle, rates::Stats};
+use crate::{
+    checkpoint::{Checkpoint, CheckpointError},
+    fetchers::FetcherHandle,
+    rates::Stats,
+};
 
 /// The most events committed in one checkpoint call.
 pub const MAX_BATCH: usize = 1024;
@@ -96,11 +100,12 @@ pub fn summary_end(s: &LeaseSummary) -> LeaseEnd {
 /// How a lease ended when the fetcher answered the `Fetch` call with an error.
 pub fn refused_end(fetcher: &str, status: &Status) -> LeaseEnd {
     match status.code() {
-        // The fetcher looked at the lease and refused it: that is about the work.
-        Code::InvalidArgument => LeaseEnd::counted(format!(
-            "fetcher {fetcher} refused the lease: {}",
-            status.message()
-        )),
+        // The fetcher looked at the lease and refused it: that is about the work. (A
+        // lease too large for the fetcher's message limit is refused as OUT_OF_RANGE or
+        // RESOURCE_EXHAUSTED: also about the work, not the fetcher's reachability.)
+        Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => LeaseEnd::counted(
+            format!("fetcher {fetcher} refused the lease: {}", status.message()),
+        ),
         // It could not be reached (or is overloaded): not the items' fault.
         _ => LeaseEnd::unreachable(format!(
             "fetcher {fetcher} did not answer: {}",
@@ -139,16 +144,17 @@ pub struct Follower<'a> {
 
 impl Follower<'_> {
     /// Starts the lease on `fetcher` and commits its events as they arrive, in batches;
-    /// returns how it ended.
+    /// returns how it ended. A batch the checkpoint could not commit is an error: the run
+    /// must not go on as if it were done.
     pub async fn follow(
         &self,
         fetcher: &FetcherHandle,
         lease: alldocs_proto::v1::Lease,
-    ) -> LeaseEnd {
+    ) -> Result<LeaseEnd, CheckpointError> {
         let name = fetcher.name();
         let mut stream = match fetcher.fetch(lease).await {
             Ok(stream) => stream,
-            Err(status) => return refused_end(name, &status),
+            Err(status) => return Ok(refused_end(name, &status)),
         };
         let mut summary = None;
         let mut received_any = false;
@@ -158,11 +164,9 @@ impl Follower<'_> {
             if let Some(end) = self.observe(&batch.events) {
                 summary = Some(end);
             }
-            if let Err(e) = self.commit(batch.events).await {
-                return LeaseEnd::uncounted(format!("checkpoint: {e}"));
-            }
+            self.commit(batch.events).await?;
             if let Some(ended) = batch.ended {
-                return stream_end(name, ended, received_any, summary);
+                return Ok(stream_end(name, ended, received_any, summary));
             }
         }
     }
@@ -178,6 +182,9 @@ impl Follower<'_> {
                         .fetch_add(r.rows.len() as u64, Ordering::Relaxed);
                 }
                 Event::Summary(s) => summary = Some(summary_end(s)),
+                Event::Failed(f) if f.name.is_empty() => {
+                    tracing::warn!(reason = %f.reason, retryable = f.retryable, "indexing a partition failed; is --replicate-origin right and reachable from here?");
+                }
                 Event::Failed(f) => {
                     tracing::warn!(name = %f.name, reason = %f.reason, retryable = f.retryable, "fetch failed");
                 }
@@ -188,7 +195,7 @@ impl Follower<'_> {
     }
 
     /// Applies a batch in one checkpoint call and counts what it stored.
-    async fn commit(&self, events: Vec<Event>) -> Result<(), crate::checkpoint::CheckpointError> {
+    async fn commit(&self, events: Vec<Event>) -> Result<(), CheckpointError> {
         if events.is_empty() {
             return Ok(());
         }

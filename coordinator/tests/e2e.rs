@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use alldocs_proto::v1::{
-    coordinator_client::CoordinatorClient, GetProgressRequest, ListPartitionsRequest,
+    coordinator_client::CoordinatorClient, GetProgressRequest, ListFailuresRequest,
+    ListPartitionsRequest,
 };
 use alldocs_tests::{
     coord::{checkpoint_dump, checkpoint_statuses, job_args, stored_files, wait_done, wait_until},
@@ -394,6 +395,39 @@ async fn failures_are_reported_and_retry_failed_fetches_them() -> anyhow::Result
             .contains("503"),
         "{failures}"
     );
+    // Paged, 12 at a time: every failure exactly once, in name order, and the last page
+    // says there is no next one.
+    let mut client = CoordinatorClient::connect(serve.url()).await?;
+    let (mut names, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = client
+            .list_failures(ListFailuresRequest {
+                limit: 12,
+                page_token: token.clone(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(page.total, 30);
+        pages += 1;
+        names.extend(page.failures.into_iter().map(|f| f.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!((pages, names.len()), (3, 30));
+    assert_eq!(names, sorted);
+    let err = client
+        .list_failures(ListFailuresRequest {
+            limit: 5,
+            page_token: "made-up".into(),
+        })
+        .await
+        .expect_err("a token it never gave out");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
 
     // Each name has now been asked for twice; two more tries succeed.
     let retried = reflect_call(
@@ -403,7 +437,6 @@ async fn failures_are_reported_and_retry_failed_fetches_them() -> anyhow::Result
         "v1",
     )?;
     assert_eq!(json_u64(&retried, "packuments").ok(), Some(30));
-    let mut client = CoordinatorClient::connect(serve.url()).await?;
     let retry_twice = async {
         for _ in 0..2 {
             let p = wait_done(&serve.url()).await?;

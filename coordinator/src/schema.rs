@@ -1,0 +1,108 @@
+//! The checkpoint's schema and its versions: `PRAGMA user_version` says which layout a
+//! file holds; an older one is migrated in the run's first transaction, a newer one is
+//! refused before anything is written.
+
+use rusqlite::Connection;
+
+use crate::checkpoint::CheckpointError;
+
+/// The layout this coordinator writes.
+///
+/// - 1: the first layout (written with `user_version` 0).
+/// - 2: `packages.fetched_run` (the run that last fetched a package); `stored_rev` is the
+///   revision of the document actually stored (its own `_rev`), NULL for a missing one;
+///   URLs in `meta` carry no credentials.
+pub const VERSION: i64 = 2;
+
+/// The tables and indexes of [`VERSION`].
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS partitions (
+    name TEXT PRIMARY KEY,
+    ord INTEGER NOT NULL,
+    start_key TEXT,
+    end_key TEXT,
+    status TEXT NOT NULL DEFAULT 'pending',
+    rows INTEGER NOT NULL DEFAULT 0,
+    uri TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    lease_token INTEGER
+);
+CREATE TABLE IF NOT EXISTS packages (
+    name TEXT PRIMARY KEY,
+    partition TEXT NOT NULL,
+    indexed_rev TEXT NOT NULL,
+    stored_rev TEXT,
+    doc_rev TEXT,
+    status TEXT NOT NULL,
+    uri TEXT,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    lease_token INTEGER,
+    seen_run INTEGER NOT NULL,
+    fetched_run INTEGER
+);
+CREATE INDEX IF NOT EXISTS packages_by_status ON packages(status, partition, name);
+CREATE INDEX IF NOT EXISTS packages_by_partition_run ON packages(partition, seen_run);
+CREATE TABLE IF NOT EXISTS leases (
+    token INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    items INTEGER NOT NULL,
+    fetcher TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    outcome TEXT
+);
+";
+
+/// Whether the file already holds a checkpoint (of any version).
+pub fn has_tables(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+        [],
+        |r| r.get(0),
+    )
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+}
+
+/// Refuses a checkpoint written by a newer coordinator; reads only.
+pub fn check_version(conn: &Connection, path: &str) -> Result<(), CheckpointError> {
+    let found = user_version(conn)?;
+    if found > VERSION {
+        return Err(CheckpointError::TooNew {
+            path: path.to_string(),
+            found,
+            supported: VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Creates the tables of a new checkpoint, or brings an older one up to [`VERSION`].
+/// Runs inside the caller's transaction.
+pub fn create_or_migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let existing = has_tables(conn)?;
+    let version = user_version(conn)?;
+    if existing && version < 2 {
+        migrate_to_2(conn)?;
+    }
+    conn.execute_batch(SCHEMA)?;
+    conn.pragma_update(None, "user_version", VERSION)
+}
+
+/// 1 → 2: the fetched-run column, `stored_rev` from the stored document, and no
+/// credentials in recorded URLs (they are rewritten when the run's settings are recorded).
+fn migrate_to_2(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "ALTER TABLE packages ADD COLUMN fetched_run INTEGER;
+         UPDATE packages SET stored_rev = doc_rev
+             WHERE status = 'stored' AND doc_rev IS NOT NULL AND doc_rev != '';
+         UPDATE packages SET stored_rev = NULL WHERE status = 'missing';",
+    )
+}
