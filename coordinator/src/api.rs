@@ -27,6 +27,34 @@ pub struct CoordinatorService {
     pub state: watch::Receiver<RunState>,
 }
 
+/// Waits until the next progress is due: the interval has passed, or the run's state is
+/// no longer the one last sent. False if the client went away.
+async fn next_update(
+    state: &mut watch::Receiver<RunState>,
+    sent: i32,
+    interval: Duration,
+    tx: &mpsc::Sender<Result<Progress, Status>>,
+) -> bool {
+    let due = tokio::time::sleep(interval);
+    tokio::pin!(due);
+    loop {
+        tokio::select! {
+            _ = &mut due => return true,
+            changed = state.changed() => {
+                if changed.is_err() {
+                    // The run is over: wait out the interval.
+                    (&mut due).await;
+                    return true;
+                }
+                if *state.borrow_and_update() as i32 != sent {
+                    return true;
+                }
+            }
+            _ = tx.closed() => return false,
+        }
+    }
+}
+
 fn internal(e: CheckpointError) -> Status {
     Status::internal(e.to_string())
 }
@@ -118,14 +146,12 @@ impl Coordinator for CoordinatorService {
                         return;
                     }
                 };
-                let done = progress.state == RunState::Done as i32;
+                let (sent, done) = (progress.state, progress.state == RunState::Done as i32);
                 if tx.send(Ok(progress)).await.is_err() || done {
                     return;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = state.changed() => {}
-                    _ = tx.closed() => return,
+                if !next_update(&mut state, sent, interval, &tx).await {
+                    return;
                 }
             }
         });

@@ -1100,4 +1100,105 @@ mod tests {
             "{msg}"
         );
     }
+
+    #[test]
+    fn a_first_layout_checkpoint_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        {
+            // The first layout, as coordinators before schema versions wrote it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 CREATE TABLE partitions (name TEXT PRIMARY KEY, ord INTEGER NOT NULL, start_key TEXT,
+                     end_key TEXT, status TEXT NOT NULL DEFAULT 'pending', rows INTEGER NOT NULL DEFAULT 0,
+                     uri TEXT, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, lease_token INTEGER);
+                 CREATE TABLE packages (name TEXT PRIMARY KEY, partition TEXT NOT NULL,
+                     indexed_rev TEXT NOT NULL, stored_rev TEXT, doc_rev TEXT, status TEXT NOT NULL,
+                     uri TEXT, bytes INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
+                     last_error TEXT, lease_token INTEGER, seen_run INTEGER NOT NULL);
+                 CREATE TABLE leases (token INTEGER PRIMARY KEY, kind TEXT NOT NULL, items INTEGER NOT NULL,
+                     fetcher TEXT NOT NULL, started_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL,
+                     ended_ms INTEGER, outcome TEXT);
+                 INSERT INTO meta VALUES ('--registry', 'http://user:hunter2@127.0.0.1:1/db'),
+                     ('run', '1'), ('run_complete', '1');
+                 INSERT INTO packages (name, partition, indexed_rev, stored_rev, doc_rev, status, seen_run)
+                     VALUES ('lagging', '+m', '2-new', '2-new', '1-old', 'stored', 1),
+                            ('current', '+m', '1-c', '1-c', '1-c', 'stored', 1),
+                            ('gone', '+m', '1-g', '1-g', NULL, 'missing', 1);",
+            )
+            .unwrap();
+        }
+        let mut id = identity("s");
+        id.registry = "http://user:hunter2@127.0.0.1:1/db".into();
+        let (ck, opened) = Checkpoint::open(&path, &id, &plan(), 3).unwrap();
+        assert_eq!((opened.run, opened.resumed), (2, false));
+        drop(ck);
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, crate::schema::VERSION);
+        let stored: Vec<(String, Option<String>)> = conn
+            .prepare("SELECT name, stored_rev FROM packages ORDER BY name")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            stored,
+            vec![
+                ("current".to_string(), Some("1-c".to_string())),
+                ("gone".to_string(), None),
+                ("lagging".to_string(), Some("1-old".to_string())),
+            ],
+            "the revision actually stored; none for a missing name"
+        );
+        let registry: String = conn
+            .query_row("SELECT value FROM meta WHERE key = '--registry'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(!registry.contains("hunter2"), "{registry}");
+    }
+
+    #[tokio::test]
+    async fn a_stale_document_or_a_brief_404_is_fetched_again_by_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let (ck, _) = Checkpoint::open(&path, &identity("s"), &plan(), 3).unwrap();
+        let names = [("a", "2-new"), ("b", "1-b"), ("c", "1-c")];
+        index(&ck, &names).await;
+        ck.call(|db| {
+            let t = db.next_token()?;
+            db.lease_packuments(t, 10)?;
+            let mut stale = stored("a", "2-new");
+            if let Event::Stored(s) = &mut stale {
+                s.doc_rev = "1-old".into(); // the registry still served the previous revision
+            }
+            let missing = Event::Missing(alldocs_proto::v1::PackumentMissing {
+                name: "b".into(),
+                http_status: 404,
+            });
+            db.apply(t, &[stale, missing, stored("c", "1-c")])?;
+            db.end_lease(t, "finished", true)?;
+            db.set_run_complete(true)
+        })
+        .await
+        .unwrap();
+        drop(ck);
+        // The index is unchanged; only what was not really stored is asked for again.
+        let (ck, _) = Checkpoint::open(&path, &identity("s"), &plan(), 3).unwrap();
+        index(&ck, &names).await;
+        let again = ck
+            .call(|db| {
+                let t = db.next_token()?;
+                db.lease_packuments(t, 10)
+            })
+            .await
+            .unwrap();
+        let again: Vec<&str> = again.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(again, vec!["a", "b"]);
+    }
 }

@@ -123,11 +123,15 @@ impl Scheduler {
             .checkpoint
             .call(|db| Ok((db.has_open_work()?, db.counts()?)))
             .await?;
-        self.state.send_replace(if open {
-            state_of(&counts)
-        } else {
-            RunState::Done
-        });
+        // Counts may be a moment old: while work is open, the run is never done.
+        let state = match (open, state_of(&counts)) {
+            (false, _) => RunState::Done,
+            (true, RunState::Done) => RunState::Fetching,
+            (true, state) => state,
+        };
+        // Watchers wake on a change of state, not on every look.
+        self.state
+            .send_if_modified(|s| std::mem::replace(s, state) != state);
         Ok(open)
     }
 

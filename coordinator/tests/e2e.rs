@@ -482,3 +482,65 @@ async fn failures_are_reported_and_retry_failed_fetches_them() -> anyhow::Result
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_progress_sends_at_the_interval_asked_for_and_on_state_changes() -> anyhow::Result<()>
+{
+    let sim = SimServer::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            packages: 300,
+            mean_bytes: 500,
+            latency_ms: 20,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let opts = [
+        "--pivots",
+        "m",
+        "--max-in-flight",
+        "2",
+        "--concurrency",
+        "2",
+        "--lease-size",
+        "5",
+    ];
+    let serve = Listening::start(
+        &coordinator(),
+        &job_args("serve", dir.path(), &sim.url(), &opts),
+        &[],
+    )?;
+    let mut client = CoordinatorClient::connect(serve.url()).await?;
+    let started = std::time::Instant::now();
+    let mut stream = client
+        .watch_progress(alldocs_proto::v1::WatchProgressRequest { interval_ms: 400 })
+        .await?
+        .into_inner();
+    let (mut messages, mut states) = (0u64, Vec::new());
+    while let Some(p) = stream.message().await? {
+        messages += 1;
+        if states.last() != Some(&p.state) {
+            states.push(p.state);
+        }
+    }
+    let elapsed = started.elapsed().as_millis() as u64;
+    assert!(
+        elapsed > 800,
+        "the run is long enough to tell: {elapsed} ms"
+    );
+    // One now, one per interval, and one per change of state (planning, indexing,
+    // fetching, done) at most.
+    let bound = 1 + elapsed / 400 + states.len() as u64;
+    assert!(
+        messages <= bound,
+        "{messages} messages in {elapsed} ms at 400 ms ({} states): more than {bound}",
+        states.len()
+    );
+    assert_eq!(
+        states.last(),
+        Some(&(alldocs_proto::v1::RunState::Done as i32))
+    );
+    Ok(())
+}
