@@ -8,6 +8,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::display::ProgressMode;
 
+/// The most packuments in one lease.
+pub const MAX_LEASE_SIZE: u32 = 10_000;
+
 #[derive(Parser)]
 #[command(
     name = "coordinator",
@@ -74,8 +77,8 @@ pub struct JobArgs {
     /// Requests in flight at once within one lease.
     #[arg(long, env = "ALLDOCS_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1_000))]
     pub concurrency: u32,
-    /// Packuments per lease.
-    #[arg(long, env = "ALLDOCS_LEASE_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// Packuments per lease (at most 10,000, so a lease always fits a fetcher's message limit).
+    #[arg(long, env = "ALLDOCS_LEASE_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=MAX_LEASE_SIZE as i64))]
     pub lease_size: u32,
     /// How long a lease may run before its unfinished work is handed out again (keep it
     /// well inside Cloud Run's request timeout).

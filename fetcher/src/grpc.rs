@@ -48,6 +48,10 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// The largest `Lease` a fetcher accepts: the coordinator's largest lease (10,000 items of
+/// names up to 214 bytes and revisions up to 256, about 5 MB encoded) fits with room.
+pub const MAX_LEASE_BYTES: usize = 16 << 20;
+
 /// Serves the Fetcher with health and reflection until `shutdown` resolves; running
 /// leases are then told to stop and their streams end cleanly.
 pub async fn serve_fetcher(
@@ -62,7 +66,7 @@ pub async fn serve_fetcher(
         .add_service(health)
         .add_service(refl_v1)
         .add_service(refl_v1alpha)
-        .add_service(FetcherServer::new(service))
+        .add_service(FetcherServer::new(service).max_decoding_message_size(MAX_LEASE_BYTES))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
             stopper.stop();

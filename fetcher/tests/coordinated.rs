@@ -204,3 +204,49 @@ async fn no_fetcher_answering_is_a_clear_error_that_spends_no_attempt() -> anyho
     assert_eq!(stored_files(&dir.path().join("data")).len(), 300);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_lease_a_coordinator_sends_reaches_a_fetcher() -> anyhow::Result<()> {
+    use alldocs_coordinator::{checkpoint::Work, cli::MAX_LEASE_SIZE, lease::Settings};
+    use alldocs_proto::v1::{fetch_event::Event, fetcher_client::FetcherClient, Accept};
+
+    // MAX_LEASE_SIZE names of npm's longest (214 bytes) with long revisions.
+    let items: Vec<(String, String)> = (0..MAX_LEASE_SIZE)
+        .map(|i| (format!("{i:0>214}"), format!("1-{i:0>254}")))
+        .collect();
+    let dir = tempfile::tempdir()?;
+    let settings = Settings {
+        replicate_origin: "http://127.0.0.1:9".into(),
+        registry: "http://127.0.0.1:9".into(),
+        store: dir.path().display().to_string(),
+        accept: Accept::Full,
+        page_size: 100,
+        lease_size: MAX_LEASE_SIZE as usize,
+        lease_duration: std::time::Duration::from_secs(1),
+        answer_grace: std::time::Duration::from_secs(1),
+        max_in_flight: 1,
+        concurrency: 1,
+        rate_limit: 0.0,
+        max_retries: 0,
+        retry_base_ms: 10,
+    };
+    // Already past its deadline: the fetcher takes it and ends it at once.
+    let lease = settings.lease(1, &Work::Packuments(items), 1);
+    assert!(
+        prost::Message::encoded_len(&lease) > 4 << 20,
+        "larger than gRPC's default 4 MiB limit"
+    );
+    let server = fetcher()?;
+    let mut client = FetcherClient::connect(server.url()).await?;
+    let mut stream = client.fetch(lease).await?.into_inner();
+    let mut summary = None;
+    while let Some(ev) = stream.message().await? {
+        if let Some(Event::Summary(s)) = ev.event {
+            summary = Some(s);
+        }
+    }
+    let summary = summary.expect("a summary");
+    assert!(summary.deadline_exceeded, "{summary:?}");
+    assert_eq!(summary.unfinished, u64::from(MAX_LEASE_SIZE));
+    Ok(())
+}
