@@ -133,7 +133,12 @@ impl FetchService {
         let tally = Tally::default();
         let deadline = deadline_of(&lease);
         let work = do_work(&lease, &http, &store, &sink, &tally);
+        let expired =
+            lease.deadline_unix_ms > 0 && lease.deadline_unix_ms <= alldocs_proto::now_unix_ms();
         let (total, deadline_exceeded) = tokio::select! {
+            // In this order: a lease whose client left, that is told to stop, or that is
+            // already past its deadline sends no request at all.
+            biased;
             _ = sink.closed() => {
                 tracing::info!(lease = %lease.lease_id, fencing_token = lease.fencing_token, "client went away; lease stopped");
                 return;
@@ -141,6 +146,10 @@ impl FetchService {
             _ = self.stopping.cancelled() => {
                 tracing::info!(lease = %lease.lease_id, "stopping; lease ends early");
                 (work_size(&lease), false)
+            }
+            _ = std::future::ready(()), if expired => {
+                tracing::warn!(lease = %lease.lease_id, "lease arrived past its deadline; ending it");
+                (work_size(&lease), true)
             }
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::warn!(lease = %lease.lease_id, "lease deadline passed; ending early");
