@@ -484,8 +484,8 @@ async fn failures_are_reported_and_retry_failed_fetches_them() -> anyhow::Result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_progress_sends_at_the_interval_asked_for_and_on_state_changes() -> anyhow::Result<()>
-{
+async fn watch_progress_sends_consistent_snapshots_at_the_interval_and_on_state_changes(
+) -> anyhow::Result<()> {
     let sim = SimServer::start(
         "127.0.0.1:0".parse()?,
         SimConfig {
@@ -521,6 +521,20 @@ async fn watch_progress_sends_at_the_interval_asked_for_and_on_state_changes() -
     let (mut messages, mut states) = (0u64, Vec::new());
     while let Some(p) = stream.message().await? {
         messages += 1;
+        // Every message is one consistent snapshot.
+        assert_eq!(
+            p.packuments_done
+                + p.packuments_missing
+                + p.packuments_failed
+                + p.packuments_pending
+                + p.packuments_leased,
+            p.packuments_total,
+            "{p:?}"
+        );
+        assert!(
+            p.packuments_fetched_this_run <= p.packuments_done + p.packuments_missing,
+            "{p:?}"
+        );
         if states.last() != Some(&p.state) {
             states.push(p.state);
         }
