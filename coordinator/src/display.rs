@@ -53,6 +53,7 @@ pub async fn show(
                     ),
                     failed = p.packuments_failed + p.partitions_failed,
                     per_second = format!("{:.1}", p.packuments_per_second),
+                    request_limit = request_limit(p.rate_limit_current),
                     eta = eta(p.eta_seconds),
                     "progress"
                 );
@@ -174,6 +175,7 @@ pub fn table(p: &Progress) -> String {
                 human_bytes(p.bytes_per_second as u64)
             ),
         ),
+        ("request limit", request_limit(p.rate_limit_current)),
         ("leases", format!("{} in flight", p.leases_in_flight)),
         (
             "elapsed",
@@ -184,6 +186,15 @@ pub fn table(p: &Progress) -> String {
     rows.iter()
         .map(|(k, v)| format!("{k:>13}  {v}\n"))
         .collect()
+}
+
+/// The request rate new leases get: `40.0/s`, or `none` without a limit.
+pub fn request_limit(rate: f64) -> String {
+    if rate > 0.0 {
+        format!("{rate:.1}/s")
+    } else {
+        "none".to_string()
+    }
 }
 
 /// `Progress` as JSON with the proto's field names (the state by its enum name).

@@ -7,7 +7,7 @@ use alldocs_proto::v1::{fetch_event::Event, FetchEvent, LeaseSummary};
 use futures::{stream::BoxStream, FutureExt, StreamExt};
 use tonic::{Code, Status};
 
-use crate::{checkpoint::Checkpoint, fetchers::FetcherHandle, rates::Stats};
+use crate::{budget::Budget, checkpoint::Checkpoint, fetchers::FetcherHandle, rates::Stats};
 
 /// The most events committed in one checkpoint call.
 pub const MAX_BATCH: usize = 1024;
@@ -134,6 +134,7 @@ pub fn stream_end(
 pub struct Follower<'a> {
     pub checkpoint: &'a Checkpoint,
     pub stats: &'a Stats,
+    pub budget: &'a Budget,
     pub token: i64,
 }
 
@@ -180,6 +181,18 @@ impl Follower<'_> {
                 Event::Summary(s) => summary = Some(summary_end(s)),
                 Event::Failed(f) => {
                     tracing::warn!(name = %f.name, reason = %f.reason, retryable = f.retryable, "fetch failed");
+                }
+                Event::Throttled(t) => {
+                    let before = self.budget.current();
+                    let rate = self.budget.throttled();
+                    if rate < before {
+                        tracing::warn!(
+                            http_status = t.http_status,
+                            retry_after_ms = t.retry_after_ms,
+                            rate_limit_current = rate,
+                            "the origin throttles; new leases go slower"
+                        );
+                    }
                 }
                 _ => {}
             }

@@ -322,6 +322,7 @@ fn settings(max_in_flight: usize) -> Settings {
         max_in_flight,
         concurrency: 1,
         rate_limit: 0.0,
+        rate_recovery: Duration::from_secs(10),
         max_retries: 0,
         retry_base_ms: 10,
     }
