@@ -4,7 +4,8 @@
 //! With `--rate-limit R` and `--max-in-flight N`, slot `j` owns the ticks
 //! `j/R + k·N/R` seconds after the Unix epoch (see `fetcher::pace`). Slots are exclusive
 //! while a lease holds one, so all requests of the run, in every fetcher process, start on
-//! one grid whose ticks are `1/R` apart: at most `R + 1` in any one-second window. When the
+//! one grid whose ticks are `1/R` apart: at most `R + 1` in any one-second window (the grid
+//! runs 2% below `R`, as headroom for delays between a tick and the origin). When the
 //! origin answers 429 or 503 the current rate is halved (at most once per recovery step,
 //! not below [`FLOOR`]), then climbs back by a tenth of `R` per step without throttling;
 //! new leases use that share of their slot's ticks, so the bound holds throughout.
@@ -18,6 +19,10 @@ use std::time::Instant;
 
 /// The lowest rate throttling cuts to, in requests per second (or `R`, if lower).
 pub const FLOOR: f64 = 1.0;
+/// The grid runs this much below `R`: a request reaches the origin a little after its
+/// tick (scheduling, the network), and the spread of those delays must not push a second
+/// past the limit.
+const HEADROOM: f64 = 0.98;
 /// How much of `R` each recovery step gives back.
 const RECOVERY_STEP: f64 = 0.1;
 
@@ -142,7 +147,7 @@ impl Budget {
         if self.limit == 0.0 {
             return Pace::default();
         }
-        let tick = 1e6 / self.limit;
+        let tick = 1e6 / (self.limit * HEADROOM);
         Pace {
             rate: self.current() / self.slots as f64,
             period_us: (tick * self.slots as f64).round().max(1.0) as u64,
@@ -165,7 +170,9 @@ mod tests {
         assert!(budget.take_slot().is_none(), "eight slots for eight leases");
         let paces: Vec<Pace> = slots.iter().map(|s| budget.pace(s)).collect();
         for (j, p) in paces.iter().enumerate() {
-            assert_eq!((p.period_us, p.phase_us), (200_000, 25_000 * j as u64));
+            // Ticks 1/(0.98 R) = 25.51 ms apart.
+            assert_eq!(p.period_us, 204_082);
+            assert_eq!(p.phase_us, (25_510.2 * j as f64).round() as u64);
             assert_eq!(p.rate, 5.0);
         }
         drop(slots);

@@ -1204,6 +1204,8 @@ struct Shared {
     per_name: Vec<AtomicU64>,
     /// When each request (but the stats) arrived, in order.
     arrivals: std::sync::Mutex<Vec<std::time::Instant>>,
+    /// `throttle_every`, changeable while serving.
+    throttle_every: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -1315,9 +1317,8 @@ impl Shared {
         if self.cfg.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.cfg.latency_ms)).await;
         }
-        if self.cfg.throttle_every > 0
-            && request_number.is_multiple_of(self.cfg.throttle_every as u64)
-        {
+        let throttle_every = self.throttle_every.load(Ordering::Relaxed) as u64;
+        if throttle_every > 0 && request_number.is_multiple_of(throttle_every) {
             bump(&c.throttled, 1);
             let mut response = error_response(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -1432,6 +1433,7 @@ impl SimServer {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             per_name: (0..registry.len()).map(|_| AtomicU64::new(0)).collect(),
+            throttle_every: cfg.throttle_every.into(),
             cfg,
             registry,
             counters: Counters::default(),
@@ -1475,6 +1477,12 @@ impl SimServer {
     /// A copy of the counters (without per-name counts).
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.snapshot(false)
+    }
+
+    /// From now on, answers every `every`-th packument request 429 (0: none), as
+    /// [`SimConfig::throttle_every`] does from the start.
+    pub fn set_throttle_every(&self, every: usize) {
+        self.shared.throttle_every.store(every, Ordering::Relaxed);
     }
 
     /// The most requests that arrived within any one second (sliding windows).
