@@ -134,7 +134,7 @@ async fn negative_nan_and_infinite_rate_limits_are_refused() -> anyhow::Result<(
             err.contains("--rate-limit") && err.contains("0 = no limit"),
             "{value}: {err}"
         );
-        assert!(err.contains(&format!("`{value}`")), "{value}: {err}");
+        assert!(err.contains(&format!("'{value}'")), "{value}: {err}");
         assert!(!dir.path().join("alldocs.sqlite").exists(), "{value}");
         assert!(!dir.path().join("data").exists(), "{value}");
     }
