@@ -92,11 +92,12 @@ async fn show_bars(service: CoordinatorService, mut stop: tokio::sync::oneshot::
             docs.set_length(p.packuments_total);
             docs.set_position(p.packuments_done + p.packuments_missing + p.packuments_failed);
             docs.set_message(format!(
-                "{:.1}/s, {}/s, ETA {}, {} failed",
+                "{:.1}/s, {}/s, ETA {}, {} failed, request limit {}",
                 p.packuments_per_second,
                 human_bytes(p.bytes_per_second as u64),
                 eta(p.eta_seconds),
-                p.packuments_failed
+                p.packuments_failed,
+                request_limit(p.rate_limit_current)
             ));
         }
         if stopping {
