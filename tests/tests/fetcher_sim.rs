@@ -637,8 +637,9 @@ async fn persistent_failures_are_reported_as_retryable_and_store_nothing() -> an
 // ---------------------------------------------------------------------------------------
 // 4. Rate limit.
 
-/// Users can rely on a lease's rate limit: 40 requests at 50/s (burst of 4) cannot finish
-/// faster than the budget allows (a lower bound only; this is not a speed target).
+/// Users can rely on a lease's rate limit (a lease without a grid, as an older coordinator
+/// sends): 40 requests at 50/s, no burst, cannot finish faster than the budget allows (a
+/// lower bound only; this is not a speed target).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_spaces_requests() -> anyhow::Result<()> {
     let sim = sim(small(40)).await?;
@@ -653,7 +654,7 @@ async fn the_rate_limit_spaces_requests() -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     assert_eq!(summary(&events).stored, 40);
     assert_eq!(sim.stats().packument_requests, 40);
-    // (40 - 4 burst) / 50 per second = 0.72 s at the least.
+    // 39 intervals of 20 ms = 0.78 s at the least.
     assert!(
         elapsed >= Duration::from_millis(500),
         "40 requests at 50/s took only {elapsed:?}"
