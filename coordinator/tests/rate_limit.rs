@@ -101,14 +101,17 @@ async fn throttling_lowers_the_current_rate_and_it_recovers() -> anyhow::Result<
     assert!(sim.stats().throttled > 0);
     sim.set_throttle_every(0);
 
+    // A tenth of the limit back every 200 ms without throttling: the full limit within
+    // about 2 s, well before the remaining packuments are fetched (WatchProgress ends
+    // with the run, so recovering later would fail here).
+    let recovered = wait_until(&url, |p| p.rate_limit_current == 40.0).await?;
+    assert_eq!(recovered.rate_limit_current, 40.0);
     let done = wait_done(&url).await?;
     assert_eq!(
         done.packuments_done, 300,
         "every packument is stored: {done:?}"
     );
     assert_eq!(stored_files(&dir.path().join("data")).len(), 300);
-    let recovered = wait_until(&url, |p| p.rate_limit_current == 40.0).await?;
-    assert_eq!(recovered.rate_limit_current, 40.0);
 
     let (code, out, err) = run(
         &coordinator(),
