@@ -98,6 +98,7 @@ pub fn progress_of(counts: &Counts, state: RunState, stats: &Stats) -> Progress 
         elapsed_ms: stats.elapsed().as_millis() as u64,
         packuments_fetched_this_run: counts.fetched_this_run,
         packuments_rev_mismatch: counts.packuments_rev_mismatch,
+        rate_limit_current: stats.rate_limit_current(),
     }
 }
 

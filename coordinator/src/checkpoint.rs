@@ -577,7 +577,7 @@ impl Db {
                     };
                     self.give_back(table, token, name, &f.reason, 1, limit)?;
                 }
-                Event::Summary(_) => {}
+                Event::Summary(_) | Event::Throttled(_) => {}
             }
         }
         Ok(stored)

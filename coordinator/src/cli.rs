@@ -84,9 +84,15 @@ pub struct JobArgs {
     /// well inside Cloud Run's request timeout).
     #[arg(long, env = "ALLDOCS_LEASE_DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
-    /// Requests per second to the origins, all fetchers together (0 = no limit).
-    #[arg(long, env = "ALLDOCS_RATE_LIMIT", default_value_t = 80.0)]
+    /// Requests per second to the origins, all fetchers together (0 = no limit): in any
+    /// one-second window the origins see at most this many plus one. Halved when they
+    /// answer 429 or 503, then recovered step by step.
+    #[arg(long, env = "ALLDOCS_RATE_LIMIT", default_value_t = 80.0, allow_negative_numbers = true, value_parser = parse_rate_limit)]
     pub rate_limit: f64,
+    /// After the origins throttled (429 or 503), how often the rate climbs back by a tenth
+    /// of --rate-limit while they do not.
+    #[arg(long, env = "ALLDOCS_RATE_RECOVERY", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub rate_recovery: Duration,
     /// Retries of one request on connection errors, 429 and 5xx.
     #[arg(long, env = "ALLDOCS_MAX_RETRIES", default_value_t = 5)]
     pub max_retries: u32,
@@ -118,6 +124,14 @@ pub struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--rate-limit`: a finite number of requests per second, 0 or more.
+fn parse_rate_limit(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err("--rate-limit takes requests per second: a number of 0 or more (0 = no limit), such as 40 or 12.5".into()),
+    }
 }
 
 /// An error the user can fix: printed plainly, exit code 2.
@@ -154,5 +168,21 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
         ExitCode::from(2)
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_are_finite_and_not_negative() {
+        assert_eq!(parse_rate_limit("40"), Ok(40.0));
+        assert_eq!(parse_rate_limit("0"), Ok(0.0));
+        assert_eq!(parse_rate_limit("12.5"), Ok(12.5));
+        for bad in ["-5", "NaN", "inf", "-inf", "fast", ""] {
+            let message = parse_rate_limit(bad).expect_err(bad);
+            assert!(message.contains("--rate-limit") && message.contains("0 = no limit"));
+        }
     }
 }

@@ -72,6 +72,7 @@ fn log_line(p: &Progress) {
         ),
         failed = p.packuments_failed + p.partitions_failed,
         per_second = format!("{:.1}", p.packuments_per_second),
+        request_limit = request_limit(p.rate_limit_current),
         eta = eta(p.eta_seconds),
         "progress"
     );
@@ -107,11 +108,12 @@ async fn show_bars(service: CoordinatorService, mut stop: tokio::sync::oneshot::
             docs.set_length(p.packuments_total);
             docs.set_position(p.packuments_done + p.packuments_missing + p.packuments_failed);
             docs.set_message(format!(
-                "{:.1}/s, {}/s, ETA {}, {} failed",
+                "{:.1}/s, {}/s, ETA {}, {} failed, request limit {}",
                 p.packuments_per_second,
                 human_bytes(p.bytes_per_second as u64),
                 eta(p.eta_seconds),
-                p.packuments_failed
+                p.packuments_failed,
+                request_limit(p.rate_limit_current)
             ));
         }
         if stopping {
@@ -190,6 +192,7 @@ pub fn table(p: &Progress) -> String {
                 human_bytes(p.bytes_per_second as u64)
             ),
         ),
+        ("request limit", request_limit(p.rate_limit_current)),
         ("leases", format!("{} in flight", p.leases_in_flight)),
         (
             "elapsed",
@@ -200,6 +203,15 @@ pub fn table(p: &Progress) -> String {
     rows.iter()
         .map(|(k, v)| format!("{k:>13}  {v}\n"))
         .collect()
+}
+
+/// The request rate new leases get: `40.0/s`, or `none` without a limit.
+pub fn request_limit(rate: f64) -> String {
+    if rate > 0.0 {
+        format!("{rate:.1}/s")
+    } else {
+        "none".to_string()
+    }
 }
 
 /// `Progress` as JSON with the proto's field names (the state by its enum name).

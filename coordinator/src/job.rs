@@ -146,7 +146,8 @@ fn settings(args: &JobArgs, replicate_origin: String, registry: String) -> Setti
         answer_grace: ANSWER_GRACE,
         max_in_flight: args.max_in_flight as usize,
         concurrency: args.concurrency,
-        rate_limit: args.rate_limit.max(0.0),
+        rate_limit: args.rate_limit,
+        rate_recovery: args.rate_recovery,
         max_retries: args.max_retries,
         retry_base_ms: args.retry_base.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
     }

@@ -7,7 +7,7 @@ use alldocs_proto::v1::{
     lease::Work as LeaseWork, Accept, IndexWork, Lease, PackumentRequest, PackumentWork,
 };
 
-use crate::checkpoint::Work;
+use crate::{budget::Pace, checkpoint::Work};
 
 /// How leases are cut and paced.
 #[derive(Clone, Debug)]
@@ -26,22 +26,15 @@ pub struct Settings {
     pub concurrency: u32,
     /// Requests per second to the origins, all leases together (0 = unlimited).
     pub rate_limit: f64,
+    /// After the origin throttled, how often the rate climbs back by a tenth of the limit.
+    pub rate_recovery: Duration,
     pub max_retries: u32,
     pub retry_base_ms: u32,
 }
 
 impl Settings {
-    /// One lease's share of the global request-rate budget (0 = unlimited).
-    pub fn rate_share(&self) -> f64 {
-        if self.rate_limit > 0.0 {
-            self.rate_limit / self.max_in_flight.max(1) as f64
-        } else {
-            0.0
-        }
-    }
-
-    /// The lease a fetcher receives for `work`, fenced by `token`.
-    pub fn lease(&self, token: i64, work: &Work, deadline_unix_ms: i64) -> Lease {
+    /// The lease a fetcher receives for `work`, fenced by `token`, paced by `pace`.
+    pub fn lease(&self, token: i64, work: &Work, deadline_unix_ms: i64, pace: Pace) -> Lease {
         Lease {
             lease_id: format!("lease-{token}"),
             fencing_token: token as u64,
@@ -50,7 +43,10 @@ impl Settings {
             registry: self.registry.clone(),
             store_url: self.store.clone(),
             accept: self.accept as i32,
-            rate_limit: self.rate_share(),
+            rate_limit: pace.rate,
+            rate_grid_period_us: pace.period_us,
+            rate_grid_phase_us: pace.phase_us,
+            rate_grid_slot: pace.slot,
             concurrency: self.concurrency,
             max_retries: self.max_retries,
             retry_base_ms: self.retry_base_ms,

@@ -3,6 +3,7 @@
 //! a thin shell over [`cli`]; tests drive the same pieces directly.
 
 pub mod api;
+pub mod budget;
 pub mod checkpoint;
 pub mod cli;
 pub mod display;

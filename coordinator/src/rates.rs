@@ -5,7 +5,7 @@ use std::{
     collections::VecDeque,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Mutex,
+        Arc, Mutex, OnceLock,
     },
     time::{Duration, Instant},
 };
@@ -18,6 +18,8 @@ pub struct Stats {
     pub rows: AtomicU64,
     pub bytes: AtomicU64,
     pub in_flight: AtomicUsize,
+    /// The run's request budget, once a scheduler made it.
+    pub budget: OnceLock<Arc<crate::budget::Budget>>,
     samples: Mutex<VecDeque<Sample>>,
 }
 
@@ -105,6 +107,11 @@ impl Stats {
 
     pub fn leases_in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed) as u64
+    }
+
+    /// The request rate new leases get now (0 = no limit).
+    pub fn rate_limit_current(&self) -> f64 {
+        self.budget.get().map_or(0.0, |b| b.current())
     }
 
     pub fn fetched(&self) -> u64 {

@@ -13,6 +13,7 @@ use alldocs_proto::v1::RunState;
 use tokio::{sync::watch, task::JoinSet};
 
 use crate::{
+    budget::{Budget, Slot},
     checkpoint::{Checkpoint, CheckpointError, Counts, Work},
     fetchers::FetcherHandle,
     health::FetcherPool,
@@ -39,6 +40,8 @@ pub struct Scheduler {
     pub settings: Settings,
     pub stats: Arc<Stats>,
     pub state: watch::Sender<RunState>,
+    /// Grid slots and the current rate, shared by every lease.
+    pub budget: Arc<Budget>,
     /// Index leases in flight (they take at most half the slots).
     index_running: AtomicUsize,
 }
@@ -52,7 +55,18 @@ impl Scheduler {
         state: watch::Sender<RunState>,
     ) -> Self {
         let base_rest = Duration::from_millis(u64::from(settings.retry_base_ms));
+        let budget = stats
+            .budget
+            .get_or_init(|| {
+                Arc::new(Budget::new(
+                    settings.rate_limit,
+                    settings.max_in_flight,
+                    settings.rate_recovery,
+                ))
+            })
+            .clone();
         Self {
+            budget,
             checkpoint,
             fetchers: FetcherPool::new(fetchers, base_rest),
             settings,
@@ -95,6 +109,10 @@ impl Scheduler {
                 return Ok(());
             };
             let fetcher = self.fetchers.get(f).clone();
+            // Every lease in flight holds a slot, so one is free while a slot is.
+            let Some(slot) = self.budget.take_slot() else {
+                return Ok(());
+            };
             let Some(picked) = self.pick(fetcher.name()).await? else {
                 return Ok(());
             };
@@ -105,7 +123,8 @@ impl Scheduler {
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let this = self.clone();
             tasks.spawn(async move {
-                let ended = this.run_lease(&fetcher, picked).await;
+                let ended = this.run_lease(&fetcher, picked, &slot).await;
+                drop(slot);
                 if is_index {
                     this.index_running.fetch_sub(1, Ordering::Relaxed);
                 }
@@ -193,15 +212,20 @@ impl Scheduler {
         &self,
         fetcher: &FetcherHandle,
         picked: Picked,
+        slot: &Slot,
     ) -> Result<Option<String>, CheckpointError> {
         let token = picked.token;
-        let lease = self.settings.lease(token, &picked.work, picked.deadline_ms);
+        let pace = self.budget.pace(slot);
+        let lease = self
+            .settings
+            .lease(token, &picked.work, picked.deadline_ms, pace);
         // Past the deadline the fetcher stops by itself; give it a little longer to say so.
         let give_up =
             tokio::time::Instant::now() + self.settings.lease_duration + self.settings.answer_grace;
         let follower = Follower {
             checkpoint: &self.checkpoint,
             stats: &self.stats,
+            budget: &self.budget,
             token,
         };
         let end = match tokio::time::timeout_at(give_up, follower.follow(fetcher, lease)).await {

@@ -8,6 +8,7 @@ use futures::{stream::BoxStream, FutureExt, StreamExt};
 use tonic::{Code, Status};
 
 use crate::{
+    budget::Budget,
     checkpoint::{Checkpoint, CheckpointError},
     fetchers::FetcherHandle,
     rates::Stats,
@@ -139,6 +140,7 @@ pub fn stream_end(
 pub struct Follower<'a> {
     pub checkpoint: &'a Checkpoint,
     pub stats: &'a Stats,
+    pub budget: &'a Budget,
     pub token: i64,
 }
 
@@ -187,6 +189,18 @@ impl Follower<'_> {
                 }
                 Event::Failed(f) => {
                     tracing::warn!(name = %f.name, reason = %f.reason, retryable = f.retryable, "fetch failed");
+                }
+                Event::Throttled(t) => {
+                    let before = self.budget.current();
+                    let rate = self.budget.throttled();
+                    if rate < before {
+                        tracing::warn!(
+                            http_status = t.http_status,
+                            retry_after_ms = t.retry_after_ms,
+                            rate_limit_current = rate,
+                            "the origin throttles; new leases go slower"
+                        );
+                    }
                 }
                 _ => {}
             }

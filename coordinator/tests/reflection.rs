@@ -17,7 +17,7 @@ use serde_json::Value;
 const VERSIONS: [&str; 2] = ["v1", "v1alpha"];
 
 /// Every field of `alldocs.v1.Progress`, by its proto name.
-const PROGRESS_FIELDS: [&str; 20] = [
+const PROGRESS_FIELDS: [&str; 21] = [
     "state",
     "partitions_total",
     "partitions_done",
@@ -38,6 +38,7 @@ const PROGRESS_FIELDS: [&str; 20] = [
     "packuments_fetched_this_run",
     "packuments_rev_mismatch",
     "packuments_leased",
+    "rate_limit_current",
 ];
 
 /// Runs blocking work (the client is a subprocess) off the runtime's worker threads.

@@ -46,6 +46,8 @@ enum Script {
     /// First claims the previous packument lease's items (and rows for a partition it does
     /// not hold) as its own, then answers honestly — once that lease has answered.
     ReplayOther,
+    /// Reports that the origin throttled (429), then answers honestly.
+    Throttled,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +62,12 @@ struct Seen {
     token: u64,
     kind: Kind,
     items: Vec<String>,
+    /// The lease's pace: its share of the rate, its grid, and its slot on it.
+    rate: f64,
+    grid: (u64, u64),
+    slot: u32,
+    /// Whether a lease still in flight held the same slot when this one arrived.
+    slot_clash: bool,
 }
 
 type Scripts = dyn Fn(Kind, usize) -> Script + Send + Sync;
@@ -72,6 +80,8 @@ struct Fake {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// How many packument leases have sent everything (for ReplayOther's ordering).
     answered: Arc<watch::Sender<usize>>,
+    /// Grid slots of the leases being answered now.
+    slots_in_flight: Arc<Mutex<Vec<u32>>>,
 }
 
 impl Fake {
@@ -85,12 +95,23 @@ impl Fake {
             ),
             None => panic!("a lease without work"),
         };
+        let slot = lease.rate_grid_slot;
+        let slot_clash = {
+            let mut in_flight = self.slots_in_flight.lock().unwrap();
+            let clash = lease.rate_grid_period_us > 0 && in_flight.contains(&slot);
+            in_flight.push(slot);
+            clash
+        };
         let mut seen = self.seen.lock().unwrap();
         let n = seen.iter().filter(|s| s.kind == kind).count();
         seen.push(Seen {
             token: lease.fencing_token,
             kind,
             items,
+            rate: lease.rate_limit,
+            grid: (lease.rate_grid_period_us, lease.rate_grid_phase_us),
+            slot,
+            slot_clash,
         });
         (kind, n)
     }
@@ -207,6 +228,10 @@ impl Fetcher for Fake {
         let (kind, n) = self.record(&lease);
         let script = (self.scripts)(kind, n);
         if let Script::Refuse = script {
+            let mut in_flight = self.slots_in_flight.lock().unwrap();
+            if let Some(at) = in_flight.iter().position(|&s| s == lease.rate_grid_slot) {
+                in_flight.swap_remove(at);
+            }
             return Err(Status::invalid_argument("scripted refusal"));
         }
         let (tx, rx) = mpsc::channel(64);
@@ -241,8 +266,23 @@ impl Fake {
                 send_all(&tx, events).await;
                 send_all(&tx, vec![summary(&lease, 0)]).await;
             }
+            Script::Throttled => {
+                let throttled = Event::Throttled(alldocs_proto::v1::Throttled {
+                    http_status: 429,
+                    retry_after_ms: 0,
+                });
+                send_all(&tx, vec![throttled]).await;
+                send_all(&tx, events).await;
+                send_all(&tx, vec![summary(&lease, 0)]).await;
+            }
             Script::Refuse => unreachable!("refused before the stream"),
         }
+        // Before the stream ends, so before the scheduler can hand the slot out again.
+        let mut in_flight = self.slots_in_flight.lock().unwrap();
+        if let Some(at) = in_flight.iter().position(|&s| s == lease.rate_grid_slot) {
+            in_flight.swap_remove(at);
+        }
+        drop(in_flight);
         if matches!(lease.work, Some(Work::Packuments(_))) {
             self.answered.send_modify(|n| *n += 1);
         }
@@ -280,6 +320,7 @@ struct Run {
     counts: Counts,
     seen: Vec<Seen>,
     dir: tempfile::TempDir,
+    stats: Arc<Stats>,
 }
 
 impl Run {
@@ -322,6 +363,7 @@ fn settings(max_in_flight: usize) -> Settings {
         max_in_flight,
         concurrency: 1,
         rate_limit: 0.0,
+        rate_recovery: Duration::from_secs(10),
         max_retries: 0,
         retry_base_ms: 10,
     }
@@ -334,11 +376,22 @@ async fn run(
     max_attempts: u32,
     scripts: impl Fn(Kind, usize) -> Script + Send + Sync + 'static,
 ) -> Run {
+    run_with(count, settings(max_in_flight), max_attempts, scripts).await
+}
+
+/// [`run`] with any settings.
+async fn run_with(
+    count: usize,
+    settings: Settings,
+    max_attempts: u32,
+    scripts: impl Fn(Kind, usize) -> Script + Send + Sync + 'static,
+) -> Run {
     let fake = Fake {
         registry: Arc::new(registry(count)),
         scripts: Arc::new(scripts),
         seen: Arc::default(),
         answered: Arc::new(watch::channel(0).0),
+        slots_in_flight: Arc::default(),
     };
     let seen = fake.seen.clone();
     let addr = serve(fake).await;
@@ -359,12 +412,13 @@ async fn run(
     )
     .unwrap();
     let (state, state_rx) = watch::channel(RunState::Planning);
+    let stats = Arc::new(Stats::default());
     let fetcher = FetcherHandle::remote(&format!("http://{addr}")).unwrap();
     let scheduler = Arc::new(Scheduler::new(
         checkpoint,
         vec![fetcher],
-        settings(max_in_flight),
-        Arc::new(Stats::default()),
+        settings,
+        stats.clone(),
         state,
     ));
     let counts = tokio::time::timeout(Duration::from_secs(60), scheduler.run())
@@ -373,7 +427,12 @@ async fn run(
         .expect("the run succeeds");
     assert_eq!(*state_rx.borrow(), RunState::Done);
     let seen = seen.lock().unwrap().clone();
-    Run { counts, seen, dir }
+    Run {
+        counts,
+        seen,
+        dir,
+        stats,
+    }
 }
 
 fn lease_outcome(run: &Run, token: u64) -> String {
@@ -530,4 +589,37 @@ async fn events_for_work_another_lease_holds_change_nothing() {
             );
         }
     }
+}
+
+/// Users' `--rate-limit` holds across leases: every lease in flight gets its own slot on
+/// one grid (never a slot another lease in flight holds), and once a fetcher reports that
+/// the origin throttles, later leases get half the rate.
+#[tokio::test]
+async fn leases_hold_distinct_grid_slots_and_throttling_halves_the_next_ones() {
+    let settings = Settings {
+        rate_limit: 40.0,
+        ..settings(4)
+    };
+    let run = run_with(80, settings, 3, |kind, n| match (kind, n) {
+        (Kind::Packuments, 0) => Script::Throttled,
+        _ => Script::Honest,
+    })
+    .await;
+    assert_totals(&run.counts, 80, 80, 0);
+    assert_eq!(run.seen.len(), 2 + 16, "2 partitions, 16 leases of 5");
+    for s in &run.seen {
+        assert!(!s.slot_clash, "slot {} was held twice: {s:?}", s.slot);
+        assert!(s.slot < 4, "{s:?}");
+        // Ticks 1/(0.98 × 40) s apart: a period of 4 ticks, slot j at j ticks.
+        assert_eq!(s.grid.0, 102_041, "{s:?}");
+        assert_eq!(s.grid.1, (25_510.2 * f64::from(s.slot)).round() as u64);
+        assert!(s.rate == 10.0 || s.rate == 5.0, "{s:?}");
+    }
+    assert_eq!(
+        run.seen[0].rate, 10.0,
+        "the full share before any throttling"
+    );
+    let last = run.seen.iter().max_by_key(|s| s.token).unwrap();
+    assert_eq!(last.rate, 5.0, "half after the origin throttled: {last:?}");
+    assert_eq!(run.stats.rate_limit_current(), 20.0);
 }

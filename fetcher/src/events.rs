@@ -3,7 +3,7 @@
 
 use alldocs_proto::v1::{
     fetch_event::Event, FetchEvent, IndexDone, IndexRows, ItemFailed, LeaseSummary,
-    PackumentMissing, PackumentStored,
+    PackumentMissing, PackumentStored, Throttled,
 };
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -48,6 +48,15 @@ impl EventSink {
     }
     pub async fn failed(&self, failed: ItemFailed) -> Result<(), ClientGone> {
         self.send(Event::Failed(failed)).await
+    }
+    /// Tells the coordinator the origin throttles, without waiting: a report that does not
+    /// fit in a full channel is dropped (later ones carry the news).
+    pub fn try_throttled(&self, http_status: u32, retry_after: std::time::Duration) {
+        let event = Event::Throttled(Throttled {
+            http_status,
+            retry_after_ms: retry_after.as_millis() as u64,
+        });
+        let _ = self.tx.try_send(Ok(FetchEvent { event: Some(event) }));
     }
     pub async fn summary(&self, summary: LeaseSummary) -> Result<(), ClientGone> {
         self.send(Event::Summary(summary)).await

@@ -1,8 +1,8 @@
-//! HTTP to the origins: one pooled client, a GCRA rate limit per lease, retries with
-//! exponential backoff and jitter that honour `Retry-After`, and tokens only for their host.
+//! HTTP to the origins: one pooled client, each lease paced on the run's grid, retries
+//! with exponential backoff and jitter that honour `Retry-After`, redirects followed by
+//! hand so a token goes only to URLs under its own host and path.
 
 use std::{
-    num::NonZeroU32,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -11,10 +11,17 @@ use std::{
 };
 
 use backon::{ExponentialBuilder, Retryable};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use reqwest::{header, RequestBuilder, StatusCode};
+use reqwest::{header, StatusCode};
+use url::Url;
 
-use crate::npmrc::Credentials;
+use crate::{
+    events::EventSink,
+    npmrc::Credentials,
+    pace::{Limiter, Pace},
+};
+
+/// Redirects followed for one request before it fails.
+pub const MAX_REDIRECTS: usize = 10;
 
 /// Longest `Retry-After` honoured; a larger one is capped so a lease cannot stall for hours.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
@@ -133,22 +140,28 @@ impl Default for RetryPolicy {
 pub struct Counters {
     pub requests: AtomicU64,
     pub retries: AtomicU64,
+    /// Responses that were 429 or 503.
+    pub throttled: AtomicU64,
 }
 
-/// One lease's view of the network: the shared client, its rate limit, retries, counters.
+/// One lease's view of the network: the shared client, its pace, retries, counters, and
+/// where it reports that the origin throttles.
 #[derive(Clone)]
 pub struct Http {
     client: reqwest::Client,
     credentials: Arc<Credentials>,
-    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    limiter: Option<Arc<Limiter>>,
     policy: RetryPolicy,
+    throttle_sink: Option<EventSink>,
     pub counters: Arc<Counters>,
 }
 
-/// Builds the process-wide client: pooled connections, gzip, HTTP/2 when offered.
+/// Builds the process-wide client: pooled connections, gzip, HTTP/2 when offered; no
+/// redirects of its own ([`Http::send`] follows them, choosing the token per hop).
 pub fn build_client() -> reqwest::Client {
     reqwest::Client::builder()
         .user_agent(concat!("alldocs/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
@@ -158,50 +171,80 @@ pub fn build_client() -> reqwest::Client {
 }
 
 impl Http {
-    /// `rate` is requests per second for this lease (0 = unlimited); `burst` how many may
-    /// start at once.
     pub fn new(
         client: reqwest::Client,
         credentials: Arc<Credentials>,
-        rate: f64,
-        burst: u32,
+        pace: Pace,
         policy: RetryPolicy,
     ) -> Self {
-        let limiter = (rate > 0.0 && rate.is_finite()).then(|| {
-            let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
-            let burst = NonZeroU32::new(burst.max(1)).expect("burst is at least 1");
-            let quota = Quota::with_period(period)
-                .expect("period is positive")
-                .allow_burst(burst);
-            Arc::new(RateLimiter::direct(quota))
-        });
         Self {
             client,
             credentials,
-            limiter,
+            limiter: Limiter::new(pace).map(Arc::new),
             policy,
+            throttle_sink: None,
             counters: Arc::default(),
         }
     }
 
-    /// A GET with the token for its host (if any) and npm's replication opt-in header.
-    pub fn get(&self, url: &str) -> RequestBuilder {
-        let mut req = self
-            .client
-            .get(url)
-            .header("npm-replication-opt-in", "true");
-        if let Some(token) = self.credentials.token_for(url) {
-            req = req.bearer_auth(token.expose());
-        }
-        req
+    /// Reports every 429 and 503 the origin answers to `sink` as a `Throttled` event.
+    pub fn report_throttling_to(mut self, sink: EventSink) -> Self {
+        self.throttle_sink = Some(sink);
+        self
     }
 
-    /// Waits for this lease's rate limit, then counts the request.
+    /// Waits for this lease's pace, then counts the request.
     pub async fn admit(&self) {
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A GET of `url` with `accept`, following up to [`MAX_REDIRECTS`] redirects. Each hop
+    /// waits for the pace and carries the token configured for its own URL (host, port and
+    /// path prefix), if any; a redirect from https to http is refused.
+    pub async fn send(&self, url: &str, accept: &str) -> Result<reqwest::Response, FetchError> {
+        let mut current = Url::parse(url).map_err(|e| FetchError::Protocol {
+            url: redact(url),
+            message: format!("not a URL: {e}"),
+        })?;
+        for _ in 0..=MAX_REDIRECTS {
+            self.admit().await;
+            let mut req = self
+                .client
+                .get(current.clone())
+                .header("npm-replication-opt-in", "true")
+                .header(header::ACCEPT, accept);
+            if let Some(token) = self.credentials.token_for(current.as_str()) {
+                req = req.bearer_auth(token.expose());
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| FetchError::transport(current.as_str(), &e))?;
+            self.note_throttling(&resp);
+            match redirect_target(&current, &resp)? {
+                Some(next) => current = next,
+                None => return Ok(resp),
+            }
+        }
+        Err(FetchError::Protocol {
+            url: redact(url),
+            message: format!("more than {MAX_REDIRECTS} redirects"),
+        })
+    }
+
+    fn note_throttling(&self, resp: &reqwest::Response) {
+        let status = resp.status();
+        if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
+            return;
+        }
+        self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+        if let Some(sink) = &self.throttle_sink {
+            let retry_after = retry_after_of(resp).unwrap_or_default();
+            sink.try_throttled(u32::from(status.as_u16()), retry_after);
+        }
     }
 
     /// Runs `op` until it succeeds, fails for good, or the retries are spent. Each call of
@@ -233,17 +276,51 @@ impl Http {
     }
 }
 
-/// Turns a non-success status into an error, with `Retry-After` (seconds or HTTP date).
-pub fn status_error(url: &str, resp: &reqwest::Response) -> FetchError {
-    let retry_after = resp
+/// Where a redirect response points, if it is one to follow (301, 302, 303, 307, 308
+/// with a `Location`); an https → http redirect is an error.
+fn redirect_target(current: &Url, resp: &reqwest::Response) -> Result<Option<Url>, FetchError> {
+    let followed = [301, 302, 303, 307, 308];
+    if !followed.contains(&resp.status().as_u16()) {
+        return Ok(None);
+    }
+    let Some(location) = resp
         .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(None);
+    };
+    let protocol = |message: String| FetchError::Protocol {
+        url: redact(current.as_str()),
+        message,
+    };
+    let next = current
+        .join(location)
+        .map_err(|e| protocol(format!("redirect to an invalid Location: {e}")))?;
+    match (current.scheme(), next.scheme()) {
+        ("https", "https") | ("http", "http" | "https") => Ok(Some(next)),
+        ("https", "http") => Err(protocol(format!(
+            "redirect from https to http ({}) refused",
+            redact(next.as_str())
+        ))),
+        (_, other) => Err(protocol(format!("redirect to a {other}: URL refused"))),
+    }
+}
+
+/// The response's `Retry-After`, as a wait.
+fn retry_after_of(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers()
         .get(header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
+        .and_then(parse_retry_after)
+}
+
+/// Turns a non-success status into an error, with `Retry-After` (seconds or HTTP date).
+pub fn status_error(url: &str, resp: &reqwest::Response) -> FetchError {
     FetchError::Status {
         url: redact(url),
         status: resp.status(),
-        retry_after,
+        retry_after: retry_after_of(resp),
     }
 }
 
@@ -302,6 +379,37 @@ mod tests {
         assert!(err(503).retryable());
         assert!(!err(401).retryable());
         assert!(!err(400).retryable());
+    }
+
+    fn redirect(status: u16, location: &str) -> reqwest::Response {
+        reqwest::Response::from(
+            ::http::Response::builder()
+                .status(status)
+                .header("location", location)
+                .body(Vec::<u8>::new())
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn redirects_are_followed_but_never_down_to_http() {
+        let https = Url::parse("https://registry.example/npm/x").unwrap();
+        let http = Url::parse("http://registry.example/npm/x").unwrap();
+        let next = |from: &Url, status, to| redirect_target(from, &redirect(status, to));
+        assert_eq!(
+            next(&https, 302, "/other/x").unwrap().unwrap().as_str(),
+            "https://registry.example/other/x"
+        );
+        assert!(next(&http, 301, "https://registry.example/x")
+            .unwrap()
+            .is_some());
+        let refused = next(&https, 307, "http://registry.example/x").unwrap_err();
+        assert!(refused.to_string().contains("https to http"), "{refused}");
+        assert!(next(&https, 302, "ftp://registry.example/x").is_err());
+        assert!(
+            next(&https, 304, "/x").unwrap().is_none(),
+            "304 is not a redirect"
+        );
     }
 
     #[test]

@@ -321,13 +321,7 @@ fn store_error(uri: &str, e: std::io::Error) -> FetchError {
 
 async fn fetch_page(http: &Http, url: &str) -> Result<Page, FetchError> {
     http.retry(url, || async {
-        http.admit().await;
-        let resp = http
-            .get(url)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| FetchError::transport(url, &e))?;
+        let resp = http.send(url, "application/json").await?;
         if !resp.status().is_success() {
             return Err(status_error(url, &resp));
         }

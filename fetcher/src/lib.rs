@@ -7,6 +7,7 @@ pub mod http;
 pub mod index;
 pub mod keys;
 pub mod npmrc;
+pub mod pace;
 pub mod packument;
 pub mod service;
 pub mod store;

@@ -64,13 +64,7 @@ pub async fn fetch(
 ) -> Result<Outcome, FetchError> {
     let url = packument_url(registry, name);
     http.retry(name, || async {
-        http.admit().await;
-        let resp = http
-            .get(&url)
-            .header(reqwest::header::ACCEPT, accept_header(accept))
-            .send()
-            .await
-            .map_err(|e| FetchError::transport(&url, &e))?;
+        let resp = http.send(&url, accept_header(accept)).await?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
             return Ok(Outcome::Missing(PackumentMissing {

@@ -25,6 +25,7 @@ use crate::{
     http::{build_client, FetchError, Http, RetryPolicy},
     index,
     npmrc::Credentials,
+    pace::Pace,
     packument::{self, Outcome},
     store::Store,
 };
@@ -122,14 +123,13 @@ impl FetchService {
             }),
             ..RetryPolicy::default()
         };
-        let concurrency = lease.concurrency.max(1);
         let http = Http::new(
             self.client.clone(),
             self.credentials.clone(),
-            lease.rate_limit,
-            concurrency,
+            Pace::of_lease(&lease),
             policy,
-        );
+        )
+        .report_throttling_to(sink.clone());
         let tally = Tally::default();
         let deadline = deadline_of(&lease);
         let work = do_work(&lease, &http, &store, &sink, &tally);
@@ -160,6 +160,7 @@ impl FetchService {
         let mut summary = summary_for(&lease, &tally, started, total, deadline_exceeded);
         summary.requests = http.counters.requests.load(Ordering::Relaxed);
         summary.retries = http.counters.retries.load(Ordering::Relaxed);
+        summary.throttled = http.counters.throttled.load(Ordering::Relaxed);
         tracing::debug!(
             lease = %lease.lease_id, fencing_token = lease.fencing_token, rows = summary.rows,
             stored = summary.stored, missing = summary.missing, failed = summary.failed,
@@ -216,6 +217,7 @@ fn summary_for(
         duration_ms: started.elapsed().as_millis() as u64,
         unfinished: total.saturating_sub(finished),
         deadline_exceeded,
+        throttled: 0,
     }
 }
 

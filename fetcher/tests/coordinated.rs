@@ -1,6 +1,7 @@
 //! Real `fetcher serve` processes (this crate's binary) leased to by a coordinator running
 //! in this test process through its library, over real gRPC sockets: two fetchers share a
-//! run, one killed with SIGKILL mid-run costs nothing, and none at all is a clear error.
+//! run (and one rate limit), one killed with SIGKILL mid-run costs nothing, and none at all
+//! is a clear error.
 
 use std::{net::SocketAddr, path::Path, process::ExitCode};
 
@@ -121,6 +122,51 @@ async fn two_remote_fetchers_share_the_run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Users running several fetcher processes get one rate limit for all of them: at
+/// `--rate-limit 40`, two `fetcher serve` processes with 5-packument leases never send the
+/// origin more than 42 requests in any second, and every packument is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_fetchers_share_one_rate_limit() -> anyhow::Result<()> {
+    let sim = SimServer::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            packages: 240,
+            mean_bytes: 1500,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let (f1, f2) = (fetcher()?, fetcher()?);
+    let dir = tempfile::tempdir()?;
+    let opts = [
+        "--pivots",
+        "g,p",
+        "--rate-limit",
+        "40",
+        "--lease-size",
+        "5",
+        "--max-in-flight",
+        "8",
+        "--fetcher",
+        &f1.url(),
+        "--fetcher",
+        &f2.url(),
+    ];
+    let (code, err) = run(&job_args("run", dir.path(), &sim.url(), &opts)).await;
+    assert_eq!((code, err), (ExitCode::SUCCESS, None));
+    let busiest = sim.max_requests_per_second();
+    assert!(
+        busiest <= 42,
+        "the origin saw {busiest} requests in one second"
+    );
+    assert_eq!(sim.stats().packument_requests, 240);
+    assert_eq!(stored_files(&dir.path().join("data")).len(), 240);
+    let mut urls = vec![f1.url(), f2.url()];
+    urls.sort();
+    assert_eq!(leases_by_fetcher(&dir.path().join("alldocs.sqlite"))?, urls);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetcher_killed_mid_run_costs_nothing() -> anyhow::Result<()> {
     let sim = SimServer::start(
@@ -207,7 +253,9 @@ async fn no_fetcher_answering_is_a_clear_error_that_spends_no_attempt() -> anyho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_largest_lease_a_coordinator_sends_reaches_a_fetcher() -> anyhow::Result<()> {
-    use alldocs_coordinator::{checkpoint::Work, cli::MAX_LEASE_SIZE, lease::Settings};
+    use alldocs_coordinator::{
+        budget::Pace, checkpoint::Work, cli::MAX_LEASE_SIZE, lease::Settings,
+    };
     use alldocs_proto::v1::{fetch_event::Event, fetcher_client::FetcherClient, Accept};
 
     // MAX_LEASE_SIZE names of npm's longest (214 bytes) with long revisions.
@@ -229,9 +277,10 @@ async fn the_largest_lease_a_coordinator_sends_reaches_a_fetcher() -> anyhow::Re
         rate_limit: 0.0,
         max_retries: 0,
         retry_base_ms: 10,
+        rate_recovery: std::time::Duration::from_secs(10),
     };
     // Already past its deadline: the fetcher takes it and ends it at once.
-    let lease = settings.lease(1, &Work::Packuments(items), 1);
+    let lease = settings.lease(1, &Work::Packuments(items), 1, Pace::default());
     assert!(
         prost::Message::encoded_len(&lease) > 4 << 20,
         "larger than gRPC's default 4 MiB limit"

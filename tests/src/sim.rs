@@ -1066,6 +1066,10 @@ pub struct StatsSnapshot {
     pub failed_injected: u64,
     /// Uncompressed body bytes of the packuments answered 200.
     pub bytes_sent: u64,
+    /// The most requests (of any kind but the stats) that arrived within one second: the
+    /// maximum over every sliding one-second window since the server started.
+    #[serde(default)]
+    pub max_requests_per_second: u64,
     /// Per-package request counts (non-zero only), present only with `?names=1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub names: Option<BTreeMap<String, u64>>,
@@ -1198,6 +1202,10 @@ struct Shared {
     registry: Arc<Registry>,
     counters: Counters,
     per_name: Vec<AtomicU64>,
+    /// When each request (but the stats) arrived, in order.
+    arrivals: std::sync::Mutex<Vec<std::time::Instant>>,
+    /// `throttle_every`, changeable while serving.
+    throttle_every: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -1213,6 +1221,7 @@ impl Shared {
             throttled: get(&c.throttled),
             failed_injected: get(&c.failed_injected),
             bytes_sent: get(&c.bytes_sent),
+            max_requests_per_second: self.max_in_any_second(),
             names: with_names.then(|| {
                 self.per_name
                     .iter()
@@ -1226,7 +1235,25 @@ impl Shared {
         }
     }
 
+    /// The most arrivals in any window `[t, t + 1 s)`.
+    fn max_in_any_second(&self) -> u64 {
+        let arrivals = self.arrivals.lock().expect("arrivals");
+        let mut start = 0;
+        let mut most = 0;
+        for (end, at) in arrivals.iter().enumerate() {
+            while at.duration_since(arrivals[start]) >= Duration::from_secs(1) {
+                start += 1;
+            }
+            most = most.max(end + 1 - start);
+        }
+        most as u64
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<PartsBody> {
+        if req.uri().path() != STATS_PATH {
+            let now = std::time::Instant::now();
+            self.arrivals.lock().expect("arrivals").push(now);
+        }
         if req.method() != Method::GET {
             return error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -1290,9 +1317,8 @@ impl Shared {
         if self.cfg.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.cfg.latency_ms)).await;
         }
-        if self.cfg.throttle_every > 0
-            && request_number.is_multiple_of(self.cfg.throttle_every as u64)
-        {
+        let throttle_every = self.throttle_every.load(Ordering::Relaxed) as u64;
+        if throttle_every > 0 && request_number.is_multiple_of(throttle_every) {
             bump(&c.throttled, 1);
             let mut response = error_response(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -1407,9 +1433,11 @@ impl SimServer {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             per_name: (0..registry.len()).map(|_| AtomicU64::new(0)).collect(),
+            throttle_every: cfg.throttle_every.into(),
             cfg,
             registry,
             counters: Counters::default(),
+            arrivals: Default::default(),
         });
         let (stop, stopped) = watch::channel(());
         let task = tokio::spawn(serve(listener, shared.clone(), stopped));
@@ -1449,6 +1477,17 @@ impl SimServer {
     /// A copy of the counters (without per-name counts).
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.snapshot(false)
+    }
+
+    /// From now on, answers every `every`-th packument request 429 (0: none), as
+    /// [`SimConfig::throttle_every`] does from the start.
+    pub fn set_throttle_every(&self, every: usize) {
+        self.shared.throttle_every.store(every, Ordering::Relaxed);
+    }
+
+    /// The most requests that arrived within any one second (sliding windows).
+    pub fn max_requests_per_second(&self) -> u64 {
+        self.shared.max_in_any_second()
     }
 
     /// How many packument requests named `name` (0 for names that are not packages).

@@ -76,6 +76,7 @@ pub fn lease(id: &str, store_url: &str, work: Work) -> Lease {
         max_retries: 4,
         retry_base_ms: 5,
         work: Some(work),
+        ..Lease::default()
     }
 }
 

@@ -237,7 +237,13 @@ impl RawServer {
     /// Serves `head` (a status, then any extra header lines) with [`TINY_DOC`] as the
     /// body; `prefix` is the registry's path.
     async fn start(head: impl Into<String>, prefix: &str) -> anyhow::Result<Self> {
-        let head: Arc<str> = head.into().into();
+        Self::routes(vec![(String::new(), head.into())], prefix).await
+    }
+
+    /// Serves, for each request, the `head` of the first route whose path prefix matches
+    /// (404 if none does).
+    async fn routes(routes: Vec<(String, String)>, prefix: &str) -> anyhow::Result<Self> {
+        let head: Arc<Vec<(String, String)>> = Arc::new(routes);
         let listener = TcpListener::bind(any_port()).await?;
         let url = format!("http://{}{prefix}", listener.local_addr()?);
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -273,7 +279,7 @@ impl Drop for RawServer {
 /// Answers requests on one (keep-alive) connection until the client closes it.
 async fn serve_raw(
     stream: tokio::net::TcpStream,
-    head: &str,
+    routes: &[(String, String)],
     log: Arc<Mutex<Vec<RawRequest>>>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
@@ -302,6 +308,10 @@ async fn serve_raw(
                 headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
             }
         }
+        let head = routes
+            .iter()
+            .find(|(route, _)| path.starts_with(route.as_str()))
+            .map_or("404 Not Found", |(_, head)| head.as_str());
         log.lock().unwrap().push(RawRequest { path, headers });
         let response = format!(
             "HTTP/1.1 {head}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{TINY_DOC}",
@@ -627,8 +637,9 @@ async fn persistent_failures_are_reported_as_retryable_and_store_nothing() -> an
 // ---------------------------------------------------------------------------------------
 // 4. Rate limit.
 
-/// Users can rely on a lease's rate limit: 40 requests at 50/s (burst of 4) cannot finish
-/// faster than the budget allows (a lower bound only; this is not a speed target).
+/// Users can rely on a lease's rate limit (a lease without a grid, as an older coordinator
+/// sends): 40 requests at 50/s, no burst, cannot finish faster than the budget allows (a
+/// lower bound only; this is not a speed target).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_spaces_requests() -> anyhow::Result<()> {
     let sim = sim(small(40)).await?;
@@ -643,7 +654,7 @@ async fn the_rate_limit_spaces_requests() -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     assert_eq!(summary(&events).stored, 40);
     assert_eq!(sim.stats().packument_requests, 40);
-    // (40 - 4 burst) / 50 per second = 0.72 s at the least.
+    // 39 intervals of 20 ms = 0.78 s at the least.
     assert!(
         elapsed >= Duration::from_millis(500),
         "40 requests at 50/s took only {elapsed:?}"
@@ -906,5 +917,70 @@ async fn tokens_go_only_to_their_registry_and_never_into_reasons() -> anyhow::Re
     let seen = elsewhere.requests();
     assert_eq!(seen.len(), 1, "the redirect was followed");
     assert_eq!(seen[0].header("authorization"), None, "{seen:?}");
+    fetcher.shutdown().await
+}
+
+/// Users whose token is scoped to a registry path (`//host/npm/:_authToken`) can rely on
+/// it staying there: a redirect within the path carries it, a redirect to another path on
+/// the same host or to another host does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_carries_the_token_only_within_its_path() -> anyhow::Result<()> {
+    const TOKEN: &str = "path-scoped-token";
+    let elsewhere = RawServer::start("200 OK", "").await?;
+    let route = |path: &str, head: String| (path.to_string(), head);
+    let registry = RawServer::routes(
+        vec![
+            route("/npm/moved/", "200 OK".into()),
+            route("/npm/a", "302 Found\r\nlocation: /npm/moved/a".into()),
+            route(
+                "/npm/b",
+                "301 Moved Permanently\r\nlocation: /other/b".into(),
+            ),
+            route(
+                "/npm/c",
+                format!("307 Temporary Redirect\r\nlocation: {}/c", elsewhere.url),
+            ),
+            route("/other/", "200 OK".into()),
+        ],
+        "/npm",
+    )
+    .await?;
+    let mut credentials = Credentials::new();
+    credentials.insert(&registry.url, Secret::new(TOKEN));
+    let fetcher = FetcherServer::start(credentials).await?;
+    let mut client = fetcher.client().await?;
+    let items: Vec<(String, String)> = ["a", "b", "c"]
+        .iter()
+        .map(|n| (n.to_string(), "1-a".to_string()))
+        .collect();
+    let mut lease = packument_lease(&registry.url, &memory_store("redirects"), &items);
+    lease.concurrency = 1;
+    let events = fetch_all(&mut client, lease).await?;
+    assert_eq!(
+        summary(&events).stored,
+        3,
+        "every redirect was followed: {events:?}"
+    );
+
+    let mut seen: Vec<(String, Option<String>)> = registry
+        .requests()
+        .iter()
+        .chain(elsewhere.requests().iter())
+        .map(|r| (r.path.clone(), r.header("authorization").map(str::to_owned)))
+        .collect();
+    seen.sort();
+    let bearer = Some(format!("Bearer {TOKEN}"));
+    assert_eq!(
+        seen,
+        vec![
+            ("/c".to_string(), None),
+            ("/npm/a".to_string(), bearer.clone()),
+            ("/npm/b".to_string(), bearer.clone()),
+            ("/npm/c".to_string(), bearer.clone()),
+            ("/npm/moved/a".to_string(), bearer.clone()),
+            ("/other/b".to_string(), None),
+        ],
+        "the token goes to its own path only"
+    );
     fetcher.shutdown().await
 }

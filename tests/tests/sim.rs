@@ -780,6 +780,38 @@ async fn prefix_serves_everything_under_it_and_stats_at_the_root() {
     assert_eq!((stats.all_docs_requests, stats.packuments_served), (1, 1));
 }
 
+/// Rate-limit tests read the busiest second the origin saw: requests more than a second
+/// apart never share a window, requests within one do, and the stats do not count.
+#[tokio::test]
+async fn the_busiest_second_counts_requests_in_sliding_windows() {
+    let sim = start(small(20)).await;
+    let client = Client::new();
+    let names = names(sim.registry());
+    for name in &names[..4] {
+        get_doc(&client, &sim.url(), name).await;
+    }
+    page(&client, &sim.url(), &[]).await;
+    assert_eq!(sim.max_requests_per_second(), 5);
+    // The time between the bursts is what is measured here.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for name in &names[4..7] {
+        get_doc(&client, &sim.url(), name).await;
+    }
+    let stats: StatsSnapshot = client
+        .get(format!("{}/-/sim/stats", sim.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats.max_requests_per_second, 5,
+        "3 a second later do not add up"
+    );
+    assert_eq!(sim.max_requests_per_second(), 5);
+}
+
 #[tokio::test]
 async fn stats_are_served_over_http_with_optional_per_name_counts() {
     let sim = start(small(100)).await;

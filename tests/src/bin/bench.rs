@@ -381,6 +381,7 @@ fn delta(before: &StatsSnapshot, after: &StatsSnapshot) -> StatsSnapshot {
         throttled: after.throttled - before.throttled,
         failed_injected: after.failed_injected - before.failed_injected,
         bytes_sent: after.bytes_sent - before.bytes_sent,
+        max_requests_per_second: after.max_requests_per_second,
         names: None,
     }
 }
