@@ -146,6 +146,7 @@ fn settings(args: &JobArgs, replicate_origin: String, registry: String) -> Setti
         rate_limit: args.rate_limit.max(0.0),
         max_retries: args.max_retries,
         retry_base_ms: args.retry_base.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
+        max_document_bytes: args.max_document_bytes.as_u64(),
     }
 }
 

@@ -324,6 +324,7 @@ fn settings(max_in_flight: usize) -> Settings {
         rate_limit: 0.0,
         max_retries: 0,
         retry_base_ms: 10,
+        max_document_bytes: 0,
     }
 }
 
