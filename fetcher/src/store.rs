@@ -178,8 +178,18 @@ impl Store {
         })
     }
 
-    /// The full URI of an object, e.g. `file:///data/packuments/@types/node.json`.
+    /// The full URI of an object, e.g. `file:///data/packuments/@types/node.json`. A
+    /// `file://` URI is a URL that resolves to the file (a key's `%` is written `%25`, as
+    /// are spaces and non-ASCII bytes); gs:// and s3:// URIs hold the key as it is.
     pub fn uri(&self, path: &Path) -> String {
+        if self.local.is_some() {
+            if let Ok(mut url) = url::Url::parse(&self.base_uri) {
+                if let Ok(mut segments) = url.path_segments_mut() {
+                    segments.pop_if_empty().extend(path.parts());
+                }
+                return url.into();
+            }
+        }
         join_uri(&self.base_uri, path.as_ref())
     }
 
@@ -474,5 +484,25 @@ mod tests {
         assert!(store.make_durable(&missing).await.is_err());
         let memory = Store::open("memory://durable-test").unwrap();
         memory.make_durable(&missing).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn local_uris_resolve_to_the_file_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        for name in ["a/b", "100%", "nul%00name", "@s/a%2Fb", "caf\u{e9} x"] {
+            let path = packument_path(name);
+            store
+                .put(&path, Bytes::from(name.to_string()))
+                .await
+                .unwrap();
+            let file = url::Url::parse(&store.uri(&path))
+                .unwrap()
+                .to_file_path()
+                .unwrap();
+            assert_eq!(std::fs::read(&file).unwrap(), name.as_bytes(), "{name}");
+        }
+        let uri = store.uri(&packument_path("@types/node"));
+        assert!(uri.ends_with("/packuments/@types/node.json"), "{uri}");
     }
 }
