@@ -116,10 +116,13 @@ impl Drop for HostileRegistry {
 }
 
 /// The document a well-behaved name gets: its own name, so each stored object says
-/// whose it is.
+/// whose it is. A name `padded-N` also gets a `pad` of N bytes.
 pub fn document_for(name: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({ "name": name, "_rev": "1-hostile" }))
-        .expect("a JSON value serializes")
+    let mut doc = serde_json::json!({ "name": name, "_rev": "1-hostile" });
+    if let Some(n) = name.strip_prefix("padded-").and_then(|n| n.parse().ok()) {
+        doc["pad"] = "0".repeat(n).into();
+    }
+    serde_json::to_vec(&doc).expect("a JSON value serializes")
 }
 
 /// The name a packument request asks for: its path without the leading `/`, decoded.
