@@ -1,13 +1,15 @@
 //! The real `coordinator` (fetching in-process) against a hostile registry on 127.0.0.1: a
 //! 10 GB gzip bomb is cut off at `--max-document-bytes` without memory growing, names npm
-//! could never publish are failed without a request, and the checkpoint says why.
+//! could never publish are failed without a request, and the checkpoint says why; a lease
+//! cancelled mid-upload leaves no pending multipart upload in S3 (`moto_server`).
 
 use std::{collections::BTreeMap, path::Path};
 
 use alldocs_tests::{
     coord::{job_args, stored_files, wait_done},
-    hostile_registry::{document_for, HostileRegistry, BOMB, BOMB_DECODED_BYTES},
+    hostile_registry::{document_for, HostileRegistry, BOMB, BOMB_DECODED_BYTES, STALL},
     procs::Listening,
+    s3::S3Server,
 };
 
 fn coordinator() -> std::path::PathBuf {
@@ -155,5 +157,61 @@ async fn max_document_bytes_takes_a_human_size_and_refuses_nonsense() -> anyhow:
         !fresh.path().join("alldocs.sqlite").exists(),
         "nothing written"
     );
+    Ok(())
+}
+
+/// A lease whose deadline passes while a multipart upload to S3 is in progress (the body
+/// stalls after 24 MiB) aborts the upload: no pending upload and no object remain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_cancelled_mid_upload_leaves_no_pending_multipart_upload() -> anyhow::Result<()> {
+    let s3 = tokio::task::block_in_place(S3Server::start)?;
+    s3.create_bucket("snap").await?;
+    let origin = HostileRegistry::start(&[STALL]).await?;
+    let dir = tempfile::tempdir()?;
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let serve = Listening::start(
+        &coordinator(),
+        &job_args(
+            "serve",
+            dir.path(),
+            &origin.url(),
+            &[
+                "--pivots",
+                "m",
+                "--store",
+                "s3://snap/npm",
+                "--lease-duration",
+                "20s",
+                "--max-attempts",
+                "1",
+            ],
+        ),
+        &env,
+    )?;
+    let count =
+        || tokio::task::block_in_place(|| s3.uploads_and_objects("snap", "npm/packuments/"));
+    // The upload is under way before the deadline passes (boto3 sees it)…
+    let started = std::time::Instant::now();
+    while count()?.0 == 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(18),
+            "no upload began"
+        );
+    }
+    let done = wait_done(&serve.url()).await?;
+    assert_eq!(done.packuments_failed, 1);
+    // …and is aborted once the lease is cancelled (the abort runs as the lease unwinds).
+    let ended = std::time::Instant::now();
+    while count()? != (0, 0) {
+        assert!(
+            ended.elapsed() < std::time::Duration::from_secs(30),
+            "an upload or object remains: {:?}",
+            count()?
+        );
+    }
+    drop(serve);
+    let rows = package_rows(&dir.path().join("alldocs.sqlite"));
+    assert_eq!(rows[STALL].0, "failed");
     Ok(())
 }

@@ -7,5 +7,6 @@ pub mod hostile_registry;
 pub mod pouch;
 pub mod procs;
 pub mod py;
+pub mod s3;
 pub mod sim;
 pub mod support;
