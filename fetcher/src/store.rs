@@ -283,7 +283,11 @@ fn check_store_dir(
         path: dir.display().to_string(),
         source,
     })?;
-    let probe = format!(".alldocs-probe-{}-CaseProbe", std::process::id());
+    // Unique per call, so checks running at once (two leases, two processes) never
+    // remove each other's probe.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = format!(".alldocs-probe-{}-{n}-CaseProbe", std::process::id());
     let upper = dir.join(&probe);
     std::fs::write(&upper, b"").map_err(|e| {
         unusable(format!(
