@@ -108,12 +108,30 @@ pub struct JobArgs {
     /// Full or abbreviated packuments.
     #[arg(long, env = "ALLDOCS_ACCEPT", value_enum, default_value = "full")]
     pub accept: AcceptArg,
+    /// Largest packument stored, decoded (e.g. 256MiB, 1GB); a larger one fails and is
+    /// not stored. npm refuses documents over 100 MB, so the default leaves ample room.
+    #[arg(long, env = "ALLDOCS_MAX_DOCUMENT_BYTES", default_value = "256MiB", value_parser = parse_max_document_bytes)]
+    pub max_document_bytes: bytesize::ByteSize,
     /// Progress display: bars on a terminal, log lines otherwise.
     #[arg(long, env = "ALLDOCS_PROGRESS", value_enum, default_value_t)]
     pub progress: ProgressMode,
     /// How often a progress line is logged when not on a terminal.
     #[arg(long, env = "ALLDOCS_PROGRESS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub progress_interval: Duration,
+}
+
+/// A byte size such as `256MiB`, `1GB` or `1000000`, at least 1 KiB.
+fn parse_max_document_bytes(s: &str) -> Result<bytesize::ByteSize, String> {
+    let size: bytesize::ByteSize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{s}` is not a size ({e}); give one such as 256MiB or 1GB"))?;
+    if size.as_u64() < 1024 {
+        return Err(format!(
+            "{size} is too small for any packument; give at least 1KiB"
+        ));
+    }
+    Ok(size)
 }
 
 #[derive(Args, Debug)]
@@ -184,5 +202,21 @@ mod tests {
             let message = parse_rate_limit(bad).expect_err(bad);
             assert!(message.contains("--rate-limit") && message.contains("0 = no limit"));
         }
+    }
+
+    #[test]
+    fn max_document_bytes_takes_human_sizes() {
+        assert_eq!(
+            parse_max_document_bytes("256MiB").unwrap().as_u64(),
+            256 << 20
+        );
+        assert_eq!(
+            parse_max_document_bytes("1 GB").unwrap().as_u64(),
+            1_000_000_000
+        );
+        assert_eq!(parse_max_document_bytes("5000").unwrap().as_u64(), 5000);
+        let err = parse_max_document_bytes("lots").unwrap_err();
+        assert!(err.contains("256MiB"), "{err}");
+        assert!(parse_max_document_bytes("12").unwrap_err().contains("1KiB"));
     }
 }

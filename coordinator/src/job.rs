@@ -45,6 +45,9 @@ pub async fn job(
     listening: Option<oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<ExitCode> {
     let prepared = prepare(&args)?;
+    crate::preflight::check_store(&args.store)
+        .await
+        .map_err(usage)?;
     let listener = grpc::bind(args.listen)
         .await
         .map_err(|e| usage(e.to_string()))?;
@@ -150,6 +153,7 @@ fn settings(args: &JobArgs, replicate_origin: String, registry: String) -> Setti
         rate_recovery: args.rate_recovery,
         max_retries: args.max_retries,
         retry_base_ms: args.retry_base.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
+        max_document_bytes: args.max_document_bytes.as_u64(),
     }
 }
 

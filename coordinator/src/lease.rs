@@ -30,6 +30,8 @@ pub struct Settings {
     pub rate_recovery: Duration,
     pub max_retries: u32,
     pub retry_base_ms: u32,
+    /// Decoded bytes one packument may have (0 = the fetcher's default, 256 MiB).
+    pub max_document_bytes: u64,
 }
 
 impl Settings {
@@ -50,6 +52,7 @@ impl Settings {
             concurrency: self.concurrency,
             max_retries: self.max_retries,
             retry_base_ms: self.retry_base_ms,
+            max_document_bytes: self.max_document_bytes,
             work: Some(self.lease_work(work)),
         }
     }

@@ -13,6 +13,7 @@ pub mod job;
 pub mod lease;
 pub mod lock;
 pub mod plan;
+pub mod preflight;
 pub mod rates;
 pub mod scheduler;
 pub mod schema;

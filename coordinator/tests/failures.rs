@@ -245,3 +245,25 @@ async fn an_unreachable_replication_origin_fails_its_partitions_and_names_the_op
     assert_eq!(sim.stats().packument_requests, 0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_hold_a_snapshot_is_refused_before_anything_is_written(
+) -> anyhow::Result<()> {
+    let sim = sim(40, 0).await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"x")?;
+    let mut args = job_args("run", dir.path(), &sim.url(), &["--pivots", "m"]);
+    let at = args.iter().position(|a| a == "--store").unwrap();
+    args[at + 1] = file.display().to_string();
+    let (code, _, err) = run(&coordinator(), &args, &[])?;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--store") && err.contains("is a file, not a directory"),
+        "{err}"
+    );
+    assert!(!dir.path().join("alldocs.sqlite").exists(), "no checkpoint");
+    assert_eq!(std::fs::read(&file)?, b"x", "the file is left as it was");
+    assert_eq!(sim.stats().packument_requests, 0);
+    Ok(())
+}

@@ -366,6 +366,7 @@ fn settings(max_in_flight: usize) -> Settings {
         rate_recovery: Duration::from_secs(10),
         max_retries: 0,
         retry_base_ms: 10,
+        max_document_bytes: 0,
     }
 }
 

@@ -131,11 +131,23 @@ async fn a_snapshot_into_s3_reads_back_byte_for_byte() -> Result<()> {
         ("AWS_SECRET_ACCESS_KEY", "test"),
         ("AWS_REGION", "us-east-1"),
     ];
-    let (code, out, err) = run(
-        std::path::Path::new(env!("CARGO_BIN_EXE_coordinator")),
-        &job,
-        &env,
-    )?;
+    let coordinator = std::path::Path::new(env!("CARGO_BIN_EXE_coordinator"));
+    // A bucket that does not exist is refused before a checkpoint is made.
+    let mut missing = job.clone();
+    let at = missing.iter().position(|a| a == "--store").unwrap();
+    missing[at + 1] = "s3://no-such-bucket/npm".into();
+    let (code, _, err) = run(coordinator, &missing, &env)?;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--store s3://no-such-bucket/npm cannot be used") && err.contains("bucket"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("alldocs.sqlite").exists(),
+        "nothing written"
+    );
+
+    let (code, out, err) = run(coordinator, &job, &env)?;
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
 
     // Every object, downloaded with an independent S3 client (boto3), is the registry's

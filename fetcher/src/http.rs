@@ -43,6 +43,12 @@ pub enum FetchError {
     Protocol { url: String, message: String },
     #[error("writing {uri} failed: {message}")]
     Store { uri: String, message: String },
+    #[error(transparent)]
+    InvalidName(#[from] crate::names::InvalidName),
+    #[error("{url} served a document of more than {limit} bytes decoded; nothing is stored (raise --max-document-bytes if such a document is genuine)")]
+    TooLarge { url: String, limit: u64 },
+    #[error("{url} ignored the abbreviated Accept header (it answered Content-Type `{content_type}`, not application/vnd.npm.install-v1+json); nothing is stored: use --accept full with this registry")]
+    NotAbbreviated { url: String, content_type: String },
     #[error("the client went away")]
     ClientGone,
 }
@@ -57,7 +63,11 @@ impl FetchError {
                     || *status == StatusCode::TOO_MANY_REQUESTS
                     || *status == StatusCode::REQUEST_TIMEOUT
             }
-            Self::Protocol { .. } | Self::ClientGone => false,
+            Self::Protocol { .. }
+            | Self::ClientGone
+            | Self::InvalidName(_)
+            | Self::TooLarge { .. }
+            | Self::NotAbbreviated { .. } => false,
         }
     }
 

@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod http;
 pub mod index;
 pub mod keys;
+pub mod names;
 pub mod npmrc;
 pub mod pace;
 pub mod packument;

@@ -52,19 +52,43 @@ pub fn accept_header(accept: Accept) -> &'static str {
     }
 }
 
-/// Fetches one packument (with retries) and stores it.
+/// Decoded bytes a packument may have when the lease says nothing (`max_document_bytes`
+/// 0): 256 MiB, well above the largest document npm serves (its registry refuses
+/// documents over 100 MB), while a body that decodes without end is cut off.
+pub const DEFAULT_MAX_DOCUMENT_BYTES: u64 = 256 << 20;
+
+/// Where and how one lease's packuments are fetched and stored.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    pub registry: &'a str,
+    pub store: &'a Store,
+    pub accept: Accept,
+    /// Decoded bytes a document may have (0 = [`DEFAULT_MAX_DOCUMENT_BYTES`]).
+    pub max_document_bytes: u64,
+}
+
+impl Target<'_> {
+    fn limit(&self) -> u64 {
+        match self.max_document_bytes {
+            0 => DEFAULT_MAX_DOCUMENT_BYTES,
+            n => n,
+        }
+    }
+}
+
+/// Fetches one packument (with retries) and stores it. A name npm could never have
+/// published is refused before any request.
 pub async fn fetch(
     http: &Http,
-    registry: &str,
-    store: &Store,
-    accept: Accept,
+    target: Target<'_>,
     name: &str,
     index_rev: &str,
     bytes_total: &AtomicU64,
 ) -> Result<Outcome, FetchError> {
-    let url = packument_url(registry, name);
+    crate::names::check_name(name)?;
+    let url = packument_url(target.registry, name);
     http.retry(name, || async {
-        let resp = http.send(&url, accept_header(accept)).await?;
+        let resp = http.send(&url, accept_header(target.accept)).await?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
             return Ok(Outcome::Missing(PackumentMissing {
@@ -75,13 +99,14 @@ pub async fn fetch(
         if !status.is_success() {
             return Err(status_error(&url, &resp));
         }
+        check_representation(target.accept, &url, &resp)?;
         let etag = resp
             .headers()
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let body = store_body(resp, &url, store, name).await?;
+        let body = store_body(resp, &url, target.store, name, target.limit()).await?;
         bytes_total.fetch_add(body.bytes, Ordering::Relaxed);
         Ok(Outcome::Stored(PackumentStored {
             name: name.to_string(),
@@ -95,12 +120,40 @@ pub async fn fetch(
     .await
 }
 
+/// Refuses a full document served for an abbreviated request: stored as abbreviated it
+/// would be mislabelled (the registry ignored the Accept header).
+fn check_representation(
+    accept: Accept,
+    url: &str,
+    resp: &reqwest::Response,
+) -> Result<(), FetchError> {
+    if accept != Accept::Abbreviated {
+        return Ok(());
+    }
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    if media_type.eq_ignore_ascii_case(accept_header(Accept::Abbreviated)) {
+        Ok(())
+    } else {
+        Err(FetchError::NotAbbreviated {
+            url: redact(url),
+            content_type: content_type.to_string(),
+        })
+    }
+}
+
 /// Where one packument's body goes, and how its failures are named.
 struct Destination<'a> {
     store: &'a Store,
     path: Path,
     uri: String,
     url: &'a str,
+    /// Decoded bytes the body may have.
+    limit: u64,
 }
 
 /// A body written to the store: its top-level `_rev`, its length, and where it is.
@@ -122,6 +175,17 @@ impl Destination<'_> {
         }
     }
 
+    /// Fails once `len` decoded bytes are past the limit.
+    fn check_size(&self, len: u64) -> Result<(), FetchError> {
+        if len > self.limit {
+            return Err(FetchError::TooLarge {
+                url: redact(self.url),
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+
     fn store_err(&self, e: impl fmt::Display) -> FetchError {
         FetchError::Store {
             uri: self.uri.clone(),
@@ -140,11 +204,14 @@ impl Destination<'_> {
 
 /// Stores a packument's body once it is known to be one JSON object: a body of up to
 /// [`SPILL_BYTES`] is read whole, a larger one (announced, or found while reading) streams.
+/// Past `limit` decoded bytes (announced, or counted while reading: a gzip bomb) the body
+/// is refused and nothing is stored.
 async fn store_body(
     resp: reqwest::Response,
     url: &str,
     store: &Store,
     name: &str,
+    limit: u64,
 ) -> Result<StoredBody, FetchError> {
     let path = packument_path(name);
     let dest = Destination {
@@ -152,7 +219,9 @@ async fn store_body(
         uri: store.uri(&path),
         path,
         url,
+        limit,
     };
+    dest.check_size(resp.content_length().unwrap_or(0))?;
     let large = resp
         .content_length()
         .is_some_and(|len| len > SPILL_BYTES as u64);
@@ -177,6 +246,7 @@ async fn read_until_spill(
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| dest.transport(e))?;
+        dest.check_size((buf.len() + chunk.len()) as u64)?;
         buf.extend_from_slice(&chunk);
         if buf.len() > SPILL_BYTES {
             break;
@@ -193,6 +263,10 @@ async fn store_small(bytes: Bytes, dest: Destination<'_>) -> Result<StoredBody, 
         .put(&dest.path, bytes)
         .await
         .map_err(|e| dest.store_err(e))?;
+    dest.store
+        .make_durable(&dest.path)
+        .await
+        .map_err(|e| dest.store_err(e))?;
     Ok(dest.stored(rev, len))
 }
 
@@ -205,22 +279,65 @@ async fn stream_large(
 ) -> Result<StoredBody, FetchError> {
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let validator = tokio::task::spawn_blocking(move || doc_rev(ChannelReader::new(rx)));
-    let mut writer = dest.store.writer(&dest.path, SPILL_BYTES);
+    let mut upload = Upload::new(dest.store.writer(&dest.path, SPILL_BYTES));
     // `tx` goes with the copy and is dropped when it ends, so the validator sees the end.
-    let streamed = copy_to_both(head, body, &mut writer, tx, &dest).await;
+    let streamed = copy_to_both(head, body, upload.writer(), tx, &dest).await;
     let validated = validator.await.expect("the validator does not panic");
     match (streamed, validated) {
         (Ok(len), Ok(rev)) => {
-            writer.shutdown().await.map_err(|e| dest.store_err(e))?;
+            upload.complete().await.map_err(|e| dest.store_err(e))?;
+            dest.store
+                .make_durable(&dest.path)
+                .await
+                .map_err(|e| dest.store_err(e))?;
             Ok(dest.stored(rev, len))
         }
         (Err(e), _) => {
-            let _ = writer.abort().await;
+            upload.abort().await;
             Err(e)
         }
         (Ok(_), Err(e)) => {
-            let _ = writer.abort().await;
+            upload.abort().await;
             Err(dest.invalid(e))
+        }
+    }
+}
+
+/// A multipart upload that is aborted unless it completes: when the lease is cancelled
+/// (client gone, deadline, stop) its future is dropped mid-body, and the drop starts the
+/// abort, so no half-written object, temp file or pending multipart upload remains.
+struct Upload(Option<BufWriter>);
+
+impl Upload {
+    fn new(writer: BufWriter) -> Self {
+        Self(Some(writer))
+    }
+
+    fn writer(&mut self) -> &mut BufWriter {
+        self.0.as_mut().expect("the upload is open")
+    }
+
+    async fn complete(&mut self) -> std::io::Result<()> {
+        self.writer().shutdown().await?;
+        self.0 = None;
+        Ok(())
+    }
+
+    async fn abort(&mut self) {
+        if let Some(mut writer) = self.0.take() {
+            let _ = writer.abort().await;
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Some(mut writer) = self.0.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = writer.abort().await;
+                });
+            }
         }
     }
 }
@@ -246,6 +363,7 @@ async fn copy_to_both(
             },
         };
         len += chunk.len() as u64;
+        dest.check_size(len)?;
         writer
             .write_all(&chunk)
             .await
@@ -378,6 +496,8 @@ mod tests {
         assert_eq!(doc_rev(ChannelReader::new(rx)).unwrap(), Some("1-a".into()));
     }
 
+    const LIMIT: u64 = DEFAULT_MAX_DOCUMENT_BYTES;
+
     /// A response whose length is announced (a whole body) or not (a stream of chunks).
     fn response(body: impl Into<reqwest::Body>) -> reqwest::Response {
         http::Response::new(body).into()
@@ -423,7 +543,7 @@ mod tests {
         ];
         for (what, doc, body) in cases {
             let store = fresh_store(what);
-            let got = store_body(response(body), "http://h/x", &store, "@s/x")
+            let got = store_body(response(body), "http://h/x", &store, "@s/x", LIMIT)
                 .await
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
             assert_eq!(got.doc_rev.as_deref(), Some("7-big"), "{what}");
@@ -450,6 +570,7 @@ mod tests {
             "http://h/x",
             &store,
             "x",
+            LIMIT,
         )
         .await
         .unwrap();
@@ -471,7 +592,7 @@ mod tests {
         ];
         for (what, body) in cases {
             let store = fresh_store(what);
-            let err = store_body(response(body), "http://u:p@h/x", &store, "x")
+            let err = store_body(response(body), "http://u:p@h/x", &store, "x", LIMIT)
                 .await
                 .err()
                 .unwrap_or_else(|| panic!("{what} was accepted"));
@@ -492,12 +613,88 @@ mod tests {
                 Err(std::io::Error::other("reset")),
             ]);
             let store = fresh_store(what);
-            let err = store_body(response(body), "http://h/x", &store, "x")
+            let err = store_body(response(body), "http://h/x", &store, "x", LIMIT)
                 .await
                 .err()
                 .unwrap_or_else(|| panic!("{what} was accepted"));
             assert!(matches!(err, FetchError::Transport { .. }), "{what}: {err}");
             assert!(stored_object(&store, "x").await.is_none(), "{what}");
         }
+    }
+
+    /// A body past the limit is refused, whether announced, small or streamed, and
+    /// leaves no object; one at the limit is stored.
+    #[tokio::test]
+    async fn bodies_past_the_decoded_limit_are_refused_and_leave_no_object() {
+        let small = doc(10_000);
+        let large = doc(SPILL_BYTES + 2_000_000);
+        let under = small.len() as u64 - 1;
+        let cases: Vec<(&str, u64, reqwest::Body)> = vec![
+            ("announced", under, small.clone().into()),
+            ("small-chunked", under, in_chunks(&small, 1_000)),
+            (
+                "large-announced",
+                SPILL_BYTES as u64 + 1,
+                large.clone().into(),
+            ),
+            (
+                "large-chunked",
+                SPILL_BYTES as u64 + 1,
+                in_chunks(&large, 1 << 20),
+            ),
+        ];
+        for (what, limit, body) in cases {
+            let store = fresh_store(what);
+            let err = store_body(response(body), "http://u:p@h/x", &store, "x", limit)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{what} was accepted"));
+            let msg = err.to_string();
+            assert!(matches!(err, FetchError::TooLarge { .. }), "{what}: {msg}");
+            assert!(!err.retryable(), "{what}");
+            assert!(msg.contains("--max-document-bytes") && msg.contains(&limit.to_string()));
+            assert!(!msg.contains("u:p"), "{msg}");
+            assert!(stored_object(&store, "x").await.is_none(), "{what}");
+        }
+        let store = fresh_store("at-limit");
+        let len = small.len() as u64;
+        let got = store_body(
+            response(in_chunks(&small, 999)),
+            "http://h/x",
+            &store,
+            "x",
+            len,
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.bytes, len);
+    }
+
+    #[test]
+    fn an_abbreviated_request_needs_an_abbreviated_answer() {
+        let answer = |content_type: &str| -> reqwest::Response {
+            http::Response::builder()
+                .header("content-type", content_type)
+                .body("{}")
+                .unwrap()
+                .into()
+        };
+        let ok = "application/vnd.npm.install-v1+json; charset=utf-8";
+        assert!(check_representation(Accept::Abbreviated, "http://h/x", &answer(ok)).is_ok());
+        assert!(
+            check_representation(Accept::Full, "http://h/x", &answer("application/json")).is_ok()
+        );
+        let err = check_representation(
+            Accept::Abbreviated,
+            "http://h/x",
+            &answer("application/json"),
+        )
+        .unwrap_err();
+        assert!(!err.retryable());
+        let msg = err.to_string();
+        assert!(
+            msg.contains("ignored the abbreviated Accept header") && msg.contains("--accept full"),
+            "{msg}"
+        );
     }
 }

@@ -100,20 +100,7 @@ impl FetchService {
         let started = Instant::now();
         let store = match Store::open(&lease.store_url) {
             Ok(store) => store,
-            Err(e) => {
-                let _ = sink
-                    .failed(ItemFailed {
-                        name: String::new(),
-                        reason: e.to_string(),
-                        retryable: false,
-                        http_status: 0,
-                    })
-                    .await;
-                let _ = sink
-                    .summary(summary_for(&lease, &Tally::default(), started, 0, false))
-                    .await;
-                return;
-            }
+            Err(e) => return fail_unopened_store(&lease, &sink, &e, started).await,
         };
         let policy = RetryPolicy {
             max_retries: lease.max_retries,
@@ -169,6 +156,38 @@ impl FetchService {
         );
         let _ = sink.summary(summary).await;
     }
+}
+
+/// A store that could not be opened fails every item of the lease with its reason (the
+/// partition of an index lease), so the coordinator records why, not that it "finished".
+async fn fail_unopened_store(
+    lease: &Lease,
+    sink: &EventSink,
+    e: &crate::store::StoreError,
+    started: Instant,
+) {
+    tracing::error!(lease = %lease.lease_id, error = %e, "the store cannot be opened");
+    let names: Vec<String> = match &lease.work {
+        Some(Work::Packuments(work)) => work.items.iter().map(|i| i.name.clone()).collect(),
+        _ => vec![String::new()],
+    };
+    let tally = Tally::default();
+    for name in names {
+        let failed = ItemFailed {
+            name,
+            reason: e.to_string(),
+            retryable: false,
+            http_status: 0,
+        };
+        if sink.failed(failed).await.is_err() {
+            return;
+        }
+        tally.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    let total = work_size(lease);
+    let _ = sink
+        .summary(summary_for(lease, &tally, started, total, false))
+        .await;
 }
 
 #[tonic::async_trait]
@@ -280,20 +299,16 @@ async fn fetch_packuments(
     sink: &EventSink,
     tally: &Tally,
 ) {
-    let accept = Accept::try_from(lease.accept).unwrap_or(Accept::Full);
+    let target = packument::Target {
+        registry: &lease.registry,
+        store,
+        accept: Accept::try_from(lease.accept).unwrap_or(Accept::Full),
+        max_document_bytes: lease.max_document_bytes,
+    };
     let concurrency = lease.concurrency.max(1) as usize;
     let mut results = futures::stream::iter(work.items.iter().cloned())
         .map(|item| async move {
-            let res = packument::fetch(
-                http,
-                &lease.registry,
-                store,
-                accept,
-                &item.name,
-                &item.rev,
-                &tally.bytes,
-            )
-            .await;
+            let res = packument::fetch(http, target, &item.name, &item.rev, &tally.bytes).await;
             (item, res)
         })
         .buffer_unordered(concurrency);

@@ -26,6 +26,8 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the store {path} is not usable: {reason}")]
+    Unusable { path: String, reason: String },
     #[error("cannot open the store `{url}`: {source}")]
     Open {
         url: String,
@@ -91,6 +93,8 @@ impl StoreLocation {
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     base_uri: String,
+    /// For a local directory: the file system and its root, to make objects durable.
+    local: Option<(Arc<LocalFileSystem>, PathBuf)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -127,21 +131,20 @@ impl Store {
             url: url.to_string(),
             source,
         };
+        let mut local = None;
         let (inner, base_uri): (Arc<dyn ObjectStore>, String) = match StoreLocation::parse(url)? {
             StoreLocation::Local(path) => {
-                std::fs::create_dir_all(&path).map_err(|source| StoreError::CreateDir {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+                check_writable_and_case_sensitive(&path)?;
                 let abs = std::fs::canonicalize(&path).map_err(|source| StoreError::CreateDir {
                     path: path.display().to_string(),
                     source,
                 })?;
-                let fs = LocalFileSystem::new_with_prefix(&abs).map_err(open_err)?;
+                let fs = Arc::new(LocalFileSystem::new_with_prefix(&abs).map_err(open_err)?);
                 let base = url::Url::from_directory_path(&abs)
                     .map(|u| u.as_str().trim_end_matches('/').to_string())
                     .unwrap_or_else(|()| format!("file://{}", abs.display()));
-                (Arc::new(fs), base)
+                local = Some((fs.clone(), abs));
+                (fs, base)
             }
             StoreLocation::Memory(name) => (
                 Arc::new(InMemory::new()),
@@ -168,11 +171,25 @@ impl Store {
                 )
             }
         };
-        Ok(Self { inner, base_uri })
+        Ok(Self {
+            inner,
+            base_uri,
+            local,
+        })
     }
 
-    /// The full URI of an object, e.g. `file:///data/packuments/@types/node.json`.
+    /// The full URI of an object, e.g. `file:///data/packuments/@types/node.json`. A
+    /// `file://` URI is a URL that resolves to the file (a key's `%` is written `%25`, as
+    /// are spaces and non-ASCII bytes); gs:// and s3:// URIs hold the key as it is.
     pub fn uri(&self, path: &Path) -> String {
+        if self.local.is_some() {
+            if let Ok(mut url) = url::Url::parse(&self.base_uri) {
+                if let Ok(mut segments) = url.path_segments_mut() {
+                    segments.pop_if_empty().extend(path.parts());
+                }
+                return url.into();
+            }
+        }
         join_uri(&self.base_uri, path.as_ref())
     }
 
@@ -182,6 +199,29 @@ impl Store {
             .put(path, PutPayload::from(bytes))
             .await
             .map(|_| ())
+    }
+
+    /// Makes a written object survive a power loss before anyone is told it is stored.
+    ///
+    /// object_store's `LocalFileSystem` (0.12) writes a temp file and renames it into
+    /// place without any fsync, so after a crash the rename may be on disk and the data
+    /// not: a file that exists but is empty. So for a local directory the file is synced,
+    /// then every directory from its parent up to the store's root (the rename, and any
+    /// scope directory just created). A completed PUT or multipart upload to gs:// or
+    /// s3:// is already durable when it returns: nothing to do there (nor for memory://).
+    pub async fn make_durable(&self, path: &Path) -> Result<(), object_store::Error> {
+        let Some((fs, root)) = &self.local else {
+            return Ok(());
+        };
+        let file = fs.path_to_filesystem(path)?;
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || sync_file_and_dirs(&file, &root))
+            .await
+            .map_err(|e| object_store::Error::JoinError { source: e })?
+            .map_err(|e| object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            })
     }
 
     /// A writer that uploads in parts once it holds more than `capacity` bytes; nothing is
@@ -201,6 +241,74 @@ impl Store {
     }
 }
 
+/// fsyncs `file`, then each directory from its parent up to `root` (inclusive).
+fn sync_file_and_dirs(file: &std::path::Path, root: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(file)?.sync_all()?;
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        std::fs::File::open(d)?.sync_all()?;
+        if d == root {
+            break;
+        }
+        dir = d.parent().filter(|p| p.starts_with(root));
+    }
+    Ok(())
+}
+
+/// Checks, before anything is stored, that a local store directory can hold a snapshot:
+/// the path is (or can be made) a directory, a file can be written in it, and it tells
+/// names apart by case — npm has names that differ only in case (`LiveScript` and
+/// `livescript`), which would share one file on a case-insensitive volume (the default on
+/// macOS and Windows). Creates the directory if it is missing.
+pub fn check_writable_and_case_sensitive(dir: &std::path::Path) -> Result<(), StoreError> {
+    check_store_dir(dir, |p| std::fs::symlink_metadata(p).is_ok())
+}
+
+/// [`check_writable_and_case_sensitive`] with the lookup injected: `exists` says whether a
+/// path names a file (a case-insensitive volume finds a file under another case).
+fn check_store_dir(
+    dir: &std::path::Path,
+    exists: impl Fn(&std::path::Path) -> bool,
+) -> Result<(), StoreError> {
+    let unusable = |reason: String| StoreError::Unusable {
+        path: dir.display().to_string(),
+        reason,
+    };
+    if dir.exists() && !dir.is_dir() {
+        return Err(unusable(
+            "it is a file, not a directory; give a directory (it is created if missing) with --store".into(),
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    // Unique per call, so checks running at once (two leases, two processes) never
+    // remove each other's probe.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = format!(".alldocs-probe-{}-{n}-CaseProbe", std::process::id());
+    let upper = dir.join(&probe);
+    std::fs::write(&upper, b"").map_err(|e| {
+        unusable(format!(
+            "cannot write a file in it ({e}); give a writable directory with --store"
+        ))
+    })?;
+    let folded = exists(&dir.join(probe.to_lowercase()));
+    let _ = std::fs::remove_file(&upper);
+    if folded {
+        return Err(unusable(
+            "its file system does not tell names apart by case, and npm has packages whose \
+             names differ only in case (`LiveScript` and `livescript`), which would overwrite \
+             each other; put the store on a case-sensitive volume (e.g. a case-sensitive APFS \
+             volume on macOS, a directory with case sensitivity enabled on Windows) or use \
+             --store gs://BUCKET/PREFIX or s3://BUCKET/PREFIX"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 fn with_prefix<S: ObjectStore>(store: S, prefix: &str) -> Arc<dyn ObjectStore> {
     if prefix.is_empty() {
         Arc::new(store)
@@ -217,12 +325,12 @@ fn join_uri(base: &str, path: &str) -> String {
     }
 }
 
-/// `packuments/<name>.json`; a scoped name is `packuments/@scope/name.json`. Names keep
-/// their characters literally (`~`, `*`, `!` …); only a name no store could hold (control
-/// characters, empty segments) falls back to object_store's percent-encoding.
+/// `packuments/<key>.json`, the key one-to-one with the name ([`crate::names::encode_key`]):
+/// `react` → `packuments/react.json`, `@types/node` → `packuments/@types/node.json`,
+/// `a/b` → `packuments/a%2Fb.json`, `100%` → `packuments/100%25.json`.
 pub fn packument_path(name: &str) -> Path {
-    let raw = format!("packuments/{name}.json");
-    Path::parse(&raw).unwrap_or_else(|_| Path::from(raw))
+    let raw = format!("packuments/{}.json", crate::names::encode_key(name));
+    Path::parse(&raw).expect("encoded keys have no empty, `.`, `..` or control segments")
 }
 
 /// `index/<partition>.jsonl`.
@@ -284,6 +392,11 @@ mod tests {
             packument_path("bad\nname").as_ref(),
             "packuments/bad%0Aname.json"
         );
+        assert_eq!(
+            packument_path("bad%0Aname").as_ref(),
+            "packuments/bad%250Aname.json"
+        );
+        assert_eq!(packument_path("a/b").as_ref(), "packuments/a%2Fb.json");
     }
 
     #[tokio::test]
@@ -310,5 +423,90 @@ mod tests {
         assert_eq!(std::fs::read(on_disk).unwrap(), b"[]");
         assert!(store.uri(&path).starts_with("file:///"));
         assert!(store.uri(&path).ends_with("/packuments/@scope/pkg.json"));
+    }
+
+    #[test]
+    fn a_case_insensitive_store_directory_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        // A lookup that folds case, as macOS and Windows volumes do by default.
+        let folding = |p: &std::path::Path| {
+            let want = p.file_name().unwrap().to_string_lossy().to_lowercase();
+            std::fs::read_dir(p.parent().unwrap())
+                .unwrap()
+                .any(|e| e.unwrap().file_name().to_string_lossy().to_lowercase() == want)
+        };
+        let err = check_store_dir(dir.path(), folding)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not tell names apart by case"), "{err}");
+        assert!(
+            err.contains("case-sensitive volume") && err.contains("s3://"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "probe removed"
+        );
+        // This machine's volume is case-sensitive: the real check passes, leaving nothing.
+        check_writable_and_case_sensitive(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "probe removed"
+        );
+    }
+
+    #[test]
+    fn a_store_path_that_is_a_file_or_cannot_be_written_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("store");
+        std::fs::write(&file, b"not a directory").unwrap();
+        let err = check_writable_and_case_sensitive(&file)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a file, not a directory"), "{err}");
+        assert!(err.contains("--store"), "{err}");
+        let err = Store::open(file.to_str().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("is a file, not a directory"), "{err}");
+        // /proc/self is a directory no one may create files in, root included.
+        let err = check_writable_and_case_sensitive(std::path::Path::new("/proc/self"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot write a file in it"), "{err}");
+        assert!(err.contains("writable directory"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn local_objects_are_synced_after_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let path = packument_path("@scope/pkg");
+        store.put(&path, Bytes::from_static(b"{}")).await.unwrap();
+        store.make_durable(&path).await.unwrap();
+        let missing = packument_path("never-written");
+        assert!(store.make_durable(&missing).await.is_err());
+        let memory = Store::open("memory://durable-test").unwrap();
+        memory.make_durable(&missing).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn local_uris_resolve_to_the_file_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        for name in ["a/b", "100%", "nul%00name", "@s/a%2Fb", "caf\u{e9} x"] {
+            let path = packument_path(name);
+            store
+                .put(&path, Bytes::from(name.to_string()))
+                .await
+                .unwrap();
+            let file = url::Url::parse(&store.uri(&path))
+                .unwrap()
+                .to_file_path()
+                .unwrap();
+            assert_eq!(std::fs::read(&file).unwrap(), name.as_bytes(), "{name}");
+        }
+        let uri = store.uri(&packument_path("@types/node"));
+        assert!(uri.ends_with("/packuments/@types/node.json"), "{uri}");
     }
 }

@@ -79,7 +79,7 @@ pub async fn wait_until(url: &str, pred: impl Fn(&Progress) -> bool) -> anyhow::
     anyhow::bail!("the run ended before the condition held")
 }
 
-/// Every `packuments/**.json` under `data`, by package name.
+/// Every `packuments/**.json` under `data`, by package name (keys decoded).
 pub fn stored_files(data: &Path) -> BTreeMap<String, Vec<u8>> {
     fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Vec<u8>>) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -88,7 +88,9 @@ pub fn stored_files(data: &Path) -> BTreeMap<String, Vec<u8>> {
             if path.is_dir() {
                 walk(&path, &format!("{prefix}{name}/"), out);
             } else if let Some(stem) = name.strip_suffix(".json") {
-                out.insert(format!("{prefix}{stem}"), std::fs::read(&path).unwrap());
+                let key = format!("{prefix}{stem}");
+                let name = alldocs_fetcher::names::decode_key(&key).unwrap_or(key);
+                out.insert(name, std::fs::read(&path).unwrap());
             }
         }
     }

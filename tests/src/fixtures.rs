@@ -56,12 +56,13 @@ pub fn as_couch_docs(fixtures: &[Fixture]) -> Vec<Value> {
 }
 
 /// Made-up names chosen to sit on, before and after partition pivots: digits, scopes,
-/// uppercase legacy names, a name equal to a scope prefix, and one after all lowercase.
+/// uppercase legacy names, a name equal to a scope (`@types`, stored as `%40types.json`:
+/// see `names`), and one after all lowercase.
 pub const EDGE_NAMES: &[&str] = &[
     "0-first-digit",
     "9lives",
     "@aaa/first-scope",
-    "@types/",
+    "@types",
     "@zzz/last-scope",
     "A",
     "AZ-upper",

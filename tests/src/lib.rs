@@ -3,8 +3,10 @@
 
 pub mod coord;
 pub mod fixtures;
+pub mod hostile_registry;
 pub mod pouch;
 pub mod procs;
 pub mod py;
+pub mod s3;
 pub mod sim;
 pub mod support;

@@ -75,6 +75,7 @@ pub fn lease(id: &str, store_url: &str, work: Work) -> Lease {
         concurrency: 8,
         max_retries: 4,
         retry_base_ms: 5,
+        max_document_bytes: 0,
         work: Some(work),
         ..Lease::default()
     }

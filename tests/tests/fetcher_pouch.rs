@@ -28,11 +28,11 @@ async fn loaded_peer() -> anyhow::Result<(PouchServer, Vec<(String, String)>)> {
     Ok((peer, truth))
 }
 
-/// Partitions from pivots: pivots equal to existing ids (`@types/`, `A`, `a`, `left-pad`),
+/// Partitions from pivots: pivots equal to existing ids (`@types`, `A`, `a`, `left-pad`),
 /// an empty partition (`b0`..`b1`), open first and last partitions.
 fn partitions() -> Vec<(Option<String>, Option<String>)> {
     let pivots = [
-        "1", "@types/", "A", "a", "b0", "b1", "left-pad", "react", "zzz-last",
+        "1", "@types", "A", "a", "b0", "b1", "left-pad", "react", "zzz-last",
     ];
     alldocs_fetcher::keys::partitions(&pivots)
         .into_iter()
@@ -136,8 +136,8 @@ async fn packuments_are_stored_byte_for_byte_and_404s_are_missing() -> anyhow::R
                     .await?
                     .bytes()
                     .await?;
-                let on_disk =
-                    std::fs::read(dir.path().join(format!("packuments/{}.json", s.name)))?;
+                let key = alldocs_fetcher::store::packument_path(&s.name);
+                let on_disk = std::fs::read(dir.path().join(key.as_ref()))?;
                 assert_eq!(
                     on_disk.len(),
                     served.len(),
