@@ -443,6 +443,14 @@ impl Db {
                     if !self.holds_partition(token, &rows.partition)? {
                         continue;
                     }
+                    if let Some(reason) = oversized_row(rows) {
+                        // A fetcher must never send such a row: fail this attempt of the
+                        // partition (tried again up to the limit) and keep none of it.
+                        let limit = self.max_attempts as i64;
+                        let part = Some(rows.partition.as_str());
+                        self.give_back("partitions", token, part, &reason, 1, limit)?;
+                        continue;
+                    }
                     for row in &rows.rows {
                         self.upsert_package(&rows.partition, &row.id, &row.rev)?;
                     }
@@ -762,6 +770,27 @@ impl Db {
     }
 }
 
+/// Why a batch of index rows cannot be taken: an id over npm's name limit or a revision
+/// over its bound, which no fetcher may send (the checkpoint never stores one). The reason
+/// names the row and its size, never its bytes.
+fn oversized_row(rows: &alldocs_proto::v1::IndexRows) -> Option<String> {
+    use alldocs_fetcher::all_docs::{MAX_ID_BYTES, MAX_REV_BYTES};
+    rows.rows.iter().enumerate().find_map(|(i, row)| {
+        let (field, bytes, limit) = if row.id.len() > MAX_ID_BYTES {
+            ("id", row.id.len(), MAX_ID_BYTES)
+        } else if row.rev.len() > MAX_REV_BYTES {
+            ("rev", row.rev.len(), MAX_REV_BYTES)
+        } else {
+            return None;
+        };
+        Some(format!(
+            "protocol error: the fetcher sent an index row (#{} of a batch) whose {field} is \
+             {bytes} bytes, over {limit}; none of the batch was kept",
+            i + 1
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -835,6 +864,63 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn index_rows_over_the_bounds_fail_the_attempt_and_are_never_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ck, _) =
+            Checkpoint::open(&dir.path().join("c.sqlite"), &identity("s"), &plan(), 2).unwrap();
+        let long_id = "a".repeat(215);
+        let long_rev = format!("1-{}", "f".repeat(255));
+        let (first, second, packages) = ck
+            .call(move |db| {
+                let mut states = Vec::new();
+                for bad in [(long_id.as_str(), "1-x"), ("ab", long_rev.as_str())] {
+                    let token = db.next_token()?;
+                    let p = db.lease_partition(token)?.expect("the first partition");
+                    assert_eq!(p.name, "+m");
+                    db.apply(
+                        token,
+                        &[rows(&p.name, &[("aa", "1-a"), bad]), done(&p.name, 2)],
+                    )?;
+                    states.push(db.conn.query_row(
+                        "SELECT status, attempts, last_error FROM partitions WHERE name = '+m'",
+                        [],
+                        |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, i64>(1)?,
+                                r.get::<_, String>(2)?,
+                            ))
+                        },
+                    )?);
+                }
+                let packages: i64 =
+                    db.conn
+                        .query_row("SELECT COUNT(*) FROM packages", [], |r| r.get(0))?;
+                Ok((states[0].clone(), states[1].clone(), packages))
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            first,
+            (
+                "pending".to_string(),
+                1,
+                "protocol error: the fetcher sent an index row (#2 of a batch) whose id is 215 \
+                 bytes, over 214; none of the batch was kept"
+                    .to_string()
+            ),
+            "the attempt is counted, the IndexDone after it ignored"
+        );
+        assert_eq!((second.0.as_str(), second.1), ("failed", 2));
+        assert!(
+            second.2.contains("whose rev is 257 bytes, over 256"),
+            "{}",
+            second.2
+        );
+        assert_eq!(packages, 0, "no row of a refused batch is stored");
     }
 
     #[tokio::test]
