@@ -3,6 +3,7 @@
 
 pub mod coord;
 pub mod fixtures;
+pub mod hostile_origin;
 pub mod pouch;
 pub mod procs;
 pub mod py;
