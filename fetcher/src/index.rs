@@ -314,7 +314,7 @@ impl Pager {
                     first,
                     last: last.clone(),
                     named: shape.named,
-                    last_offset: offset.map(|o| o + shape.last_index as u64),
+                    last_offset: offset.map(|o| o.saturating_add(shape.last_index as u64)),
                 });
                 Step::Next { startkey: last }
             }
