@@ -90,7 +90,11 @@ pub enum PageError {
 /// Reads an `_all_docs` body of at most [`MAX_PAGE_BYTES`], refusing more than `limit`
 /// rows and any id, key or revision over its bound as soon as it streams in.
 pub async fn read_page(resp: reqwest::Response, limit: u32) -> Result<Page, PageError> {
-    let stream = resp.bytes_stream().map_err(io::Error::other);
+    // reqwest's Display names the URL, which may carry a password: the caller adds the
+    // redacted one.
+    let stream = resp
+        .bytes_stream()
+        .map_err(|e| io::Error::other(e.without_url()));
     let bridge = SyncIoBridge::new(StreamReader::new(stream));
     tokio::task::spawn_blocking(move || parse(bridge, limit))
         .await
