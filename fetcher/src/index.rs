@@ -123,15 +123,10 @@ struct Shape {
 
 impl Shape {
     fn of(page: &Page) -> Result<Self, PagingError> {
-        let mut shape = Shape {
-            first: None,
-            last: None,
-            last_index: 0,
-            named: 0,
-        };
+        let (mut first, mut last, mut last_index, mut named) = (None, None::<&str>, 0, 0);
         for (i, row) in page.rows.iter().enumerate() {
             let Some(id) = row.name() else { continue };
-            if let Some(prev) = shape.last.as_deref() {
+            if let Some(prev) = last {
                 if id.as_bytes() <= prev.as_bytes() {
                     return Err(PagingError::OutOfOrder {
                         key: id.to_owned(),
@@ -139,14 +134,17 @@ impl Shape {
                     });
                 }
             }
-            if shape.first.is_none() {
-                shape.first = Some(id.to_owned());
-            }
-            shape.last = Some(id.to_owned());
-            shape.last_index = i;
-            shape.named += 1;
+            first = first.or(Some(id));
+            last = Some(id);
+            last_index = i;
+            named += 1;
         }
-        Ok(shape)
+        Ok(Shape {
+            first: first.map(str::to_owned),
+            last: last.map(str::to_owned),
+            last_index,
+            named,
+        })
     }
 }
 
