@@ -7,7 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alldocs_proto::v1::{fetch_event::Event, Failure, Partition as PartitionInfo};
+use alldocs_proto::v1::{
+    fetch_event::Event, Failure, IndexDone, IndexRows, PackumentStored, Partition as PartitionInfo,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
@@ -517,43 +519,9 @@ impl Db {
         let mut stored = 0;
         for event in events {
             match event {
-                Event::IndexRows(rows) => {
-                    if !self.holds_partition(token, &rows.partition)? {
-                        continue;
-                    }
-                    for row in &rows.rows {
-                        self.upsert_package(&rows.partition, &row.id, &row.rev)?;
-                    }
-                }
-                Event::IndexDone(done) => {
-                    if !self.holds_partition(token, &done.partition)? {
-                        continue;
-                    }
-                    self.conn.execute(
-                        "UPDATE partitions SET status = 'done', rows = ?1, uri = ?2, last_error = NULL, lease_token = NULL
-                         WHERE name = ?3",
-                        params![done.rows as i64, done.uri, done.partition],
-                    )?;
-                    // Names that were in this partition before but not in this run's index
-                    // have left the registry.
-                    self.conn.execute(
-                        "UPDATE packages SET status = 'removed', lease_token = NULL
-                         WHERE partition = ?1 AND seen_run < ?2 AND status != 'removed'",
-                        params![done.partition, self.run],
-                    )?;
-                }
-                Event::Stored(s) => {
-                    stored += self.conn.execute(
-                        // The revision stored is the document's own `_rev` (a registry
-                        // lagging the index serves an older one: the next run fetches it
-                        // again), or the one asked for if the document has none.
-                        "UPDATE packages SET status = 'stored', stored_rev = COALESCE(NULLIF(?2, ''), ?1),
-                             doc_rev = ?2, uri = ?3, bytes = ?4, last_error = NULL, lease_token = NULL,
-                             fetched_run = ?7
-                         WHERE name = ?5 AND lease_token = ?6 AND status = 'leased'",
-                        params![s.rev, s.doc_rev, s.uri, s.bytes as i64, s.name, token, self.run],
-                    )? as u64;
-                }
+                Event::IndexRows(rows) => self.apply_rows(token, rows)?,
+                Event::IndexDone(done) => self.apply_done(token, done)?,
+                Event::Stored(s) => stored += self.apply_stored(token, s)?,
                 Event::Missing(m) => {
                     self.conn.execute(
                         // No revision is stored: a name that 404s briefly (or for good)
@@ -581,6 +549,77 @@ impl Db {
             }
         }
         Ok(stored)
+    }
+
+    fn apply_rows(&mut self, token: i64, rows: &IndexRows) -> rusqlite::Result<()> {
+        if !self.holds_partition(token, &rows.partition)? {
+            return Ok(());
+        }
+        if let Some(reason) = oversized_row(rows) {
+            // A fetcher must never send such a row: fail this attempt of the partition
+            // (tried again up to the limit) and keep none of it.
+            let limit = self.max_attempts as i64;
+            let part = Some(rows.partition.as_str());
+            self.give_back("partitions", token, part, &reason, 1, limit)?;
+            return Ok(());
+        }
+        for row in &rows.rows {
+            self.upsert_package(&rows.partition, &row.id, &row.rev)?;
+        }
+        Ok(())
+    }
+
+    fn apply_done(&mut self, token: i64, done: &IndexDone) -> rusqlite::Result<()> {
+        if !self.holds_partition(token, &done.partition)? {
+            return Ok(());
+        }
+        self.conn.execute(
+            "UPDATE partitions SET status = 'done', rows = ?1, uri = ?2, last_error = NULL, lease_token = NULL
+             WHERE name = ?3",
+            params![done.rows as i64, done.uri, done.partition],
+        )?;
+        // Names that were in this partition before but not in this run's index have left
+        // the registry.
+        self.conn.execute(
+            "UPDATE packages SET status = 'removed', lease_token = NULL
+             WHERE partition = ?1 AND seen_run < ?2 AND status != 'removed'",
+            params![done.partition, self.run],
+        )?;
+        Ok(())
+    }
+
+    /// Returns 1 if the event stored the package (its lease holds it), else 0.
+    fn apply_stored(&mut self, token: i64, s: &PackumentStored) -> rusqlite::Result<u64> {
+        use alldocs_fetcher::all_docs::MAX_REV_BYTES;
+        if s.rev.len() > MAX_REV_BYTES || s.doc_rev.len() > MAX_REV_BYTES {
+            // No fetcher may send such a revision: the checkpoint never stores one.
+            let reason = format!(
+                "protocol error: the fetcher reported a revision of {} bytes, over {MAX_REV_BYTES}",
+                s.rev.len().max(s.doc_rev.len())
+            );
+            let limit = self.max_attempts as i64;
+            self.give_back("packages", token, Some(&s.name), &reason, 1, limit)?;
+            return Ok(0);
+        }
+        // The revision stored is the document's own `_rev` (a registry lagging the index
+        // serves an older one: the next run fetches it again), or the one asked for if the
+        // document has none.
+        let n = self.conn.execute(
+            "UPDATE packages SET status = 'stored', stored_rev = COALESCE(NULLIF(?2, ''), ?1),
+                 doc_rev = ?2, uri = ?3, bytes = ?4, last_error = NULL, lease_token = NULL,
+                 fetched_run = ?7
+             WHERE name = ?5 AND lease_token = ?6 AND status = 'leased'",
+            params![
+                s.rev,
+                s.doc_rev,
+                s.uri,
+                s.bytes as i64,
+                s.name,
+                token,
+                self.run
+            ],
+        )?;
+        Ok(n as u64)
     }
 
     fn holds_partition(&self, token: i64, partition: &str) -> rusqlite::Result<bool> {
@@ -859,6 +898,27 @@ impl Db {
     }
 }
 
+/// Why a batch of index rows cannot be taken: an id over npm's name limit or a revision
+/// over its bound, which no fetcher may send (the checkpoint never stores one). The reason
+/// names the row and its size, never its bytes.
+fn oversized_row(rows: &alldocs_proto::v1::IndexRows) -> Option<String> {
+    use alldocs_fetcher::all_docs::{MAX_ID_BYTES, MAX_REV_BYTES};
+    rows.rows.iter().enumerate().find_map(|(i, row)| {
+        let (field, bytes, limit) = if row.id.len() > MAX_ID_BYTES {
+            ("id", row.id.len(), MAX_ID_BYTES)
+        } else if row.rev.len() > MAX_REV_BYTES {
+            ("rev", row.rev.len(), MAX_REV_BYTES)
+        } else {
+            return None;
+        };
+        Some(format!(
+            "protocol error: the fetcher sent an index row (#{} of a batch) whose {field} is \
+             {bytes} bytes, over {limit}; none of the batch was kept",
+            i + 1
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -932,6 +992,63 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn index_rows_over_the_bounds_fail_the_attempt_and_are_never_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ck, _) =
+            Checkpoint::open(&dir.path().join("c.sqlite"), &identity("s"), &plan(), 2).unwrap();
+        let long_id = "a".repeat(215);
+        let long_rev = format!("1-{}", "f".repeat(255));
+        let (first, second, packages) = ck
+            .call(move |db| {
+                let mut states = Vec::new();
+                for bad in [(long_id.as_str(), "1-x"), ("ab", long_rev.as_str())] {
+                    let token = db.next_token()?;
+                    let p = db.lease_partition(token)?.expect("the first partition");
+                    assert_eq!(p.name, "+m");
+                    db.apply(
+                        token,
+                        &[rows(&p.name, &[("aa", "1-a"), bad]), done(&p.name, 2)],
+                    )?;
+                    states.push(db.conn.query_row(
+                        "SELECT status, attempts, last_error FROM partitions WHERE name = '+m'",
+                        [],
+                        |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, i64>(1)?,
+                                r.get::<_, String>(2)?,
+                            ))
+                        },
+                    )?);
+                }
+                let packages: i64 =
+                    db.conn
+                        .query_row("SELECT COUNT(*) FROM packages", [], |r| r.get(0))?;
+                Ok((states[0].clone(), states[1].clone(), packages))
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            first,
+            (
+                "pending".to_string(),
+                1,
+                "protocol error: the fetcher sent an index row (#2 of a batch) whose id is 215 \
+                 bytes, over 214; none of the batch was kept"
+                    .to_string()
+            ),
+            "the attempt is counted, the IndexDone after it ignored"
+        );
+        assert_eq!((second.0.as_str(), second.1), ("failed", 2));
+        assert!(
+            second.2.contains("whose rev is 257 bytes, over 256"),
+            "{}",
+            second.2
+        );
+        assert_eq!(packages, 0, "no row of a refused batch is stored");
     }
 
     #[tokio::test]
@@ -1200,5 +1317,34 @@ mod tests {
             .unwrap();
         let again: Vec<&str> = again.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(again, vec!["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_revision_from_a_fetcher_is_never_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ck, _) =
+            Checkpoint::open(&dir.path().join("c.sqlite"), &identity("s"), &plan(), 3).unwrap();
+        index(&ck, &[("a", "1-a")]).await;
+        let (stored, row) = ck
+            .call(|db| {
+                let t = db.next_token()?;
+                db.lease_packuments(t, 10)?;
+                let mut huge = stored("a", "1-a");
+                if let Event::Stored(s) = &mut huge {
+                    s.doc_rev = "9".repeat(300);
+                }
+                let n = db.apply(t, &[huge])?;
+                let row: (String, i64, Option<String>, String) = db.conn.query_row(
+                    "SELECT status, attempts, doc_rev, last_error FROM packages WHERE name = 'a'",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )?;
+                Ok((n, row))
+            })
+            .await
+            .unwrap();
+        assert_eq!(stored, 0);
+        assert_eq!((row.0.as_str(), row.1, row.2), ("pending", 1, None));
+        assert!(row.3.contains("300 bytes, over 256"), "{}", row.3);
     }
 }

@@ -41,6 +41,11 @@ pub enum FetchError {
     InvalidJson { url: String, message: String },
     #[error("{url}: {message}")]
     Protocol { url: String, message: String },
+    /// The origin answered in a way it must not (an `_all_docs` page that ignores
+    /// `startkey`, skips rows, or is far too large): not asked again at once, but the work
+    /// may be tried again by a new lease, since a cache or proxy may be having a bad moment.
+    #[error("{url}: {message}")]
+    Misbehaved { url: String, message: String },
     #[error("writing {uri} failed: {message}")]
     Store { uri: String, message: String },
     #[error(transparent)]
@@ -57,7 +62,10 @@ impl FetchError {
     /// Whether trying again (now or later) could help.
     pub fn retryable(&self) -> bool {
         match self {
-            Self::Transport { .. } | Self::InvalidJson { .. } | Self::Store { .. } => true,
+            Self::Transport { .. }
+            | Self::InvalidJson { .. }
+            | Self::Store { .. }
+            | Self::Misbehaved { .. } => true,
             Self::Status { status, .. } => {
                 status.is_server_error()
                     || *status == StatusCode::TOO_MANY_REQUESTS
@@ -69,6 +77,11 @@ impl FetchError {
             | Self::TooLarge { .. }
             | Self::NotAbbreviated { .. } => false,
         }
+    }
+
+    /// Whether the same request should be sent again at once.
+    fn retry_now(&self) -> bool {
+        self.retryable() && !matches!(self, Self::Misbehaved { .. })
     }
 
     /// The HTTP status, when the failure was one.
@@ -273,7 +286,7 @@ impl Http {
         let counters = self.counters.clone();
         op.retry(backoff)
             .sleep(tokio::time::sleep)
-            .when(FetchError::retryable)
+            .when(FetchError::retry_now)
             .adjust(|err: &FetchError, delay| match err.retry_after() {
                 Some(after) => delay.map(|_| after.min(MAX_RETRY_AFTER)),
                 None => delay,

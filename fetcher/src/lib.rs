@@ -1,6 +1,7 @@
 //! The alldocs fetcher: turns a lease into stored objects and a stream of events. The
 //! coordinator embeds this library to run fetchers in-process through the same service.
 
+pub mod all_docs;
 pub mod events;
 pub mod grpc;
 pub mod http;

@@ -413,6 +413,15 @@ impl<'de> serde::Deserialize<'de> for Head {
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     if key == "_rev" {
                         rev = map.next_value::<Option<String>>()?;
+                        let len = rev.as_ref().map_or(0, String::len);
+                        if len > crate::all_docs::MAX_REV_BYTES {
+                            // Nothing this size is a CouchDB revision; it must not reach
+                            // the checkpoint.
+                            return Err(serde::de::Error::custom(format_args!(
+                                "the document's `_rev` is {len} bytes, over {}",
+                                crate::all_docs::MAX_REV_BYTES
+                            )));
+                        }
                     } else {
                         map.next_value::<IgnoredAny>()?;
                     }
@@ -480,6 +489,9 @@ mod tests {
             Some("3-abc".into())
         );
         assert_eq!(doc_rev(&b"{}"[..]).unwrap(), None);
+        let huge = format!(r#"{{"_rev":"1-{}","name":"x"}}"#, "a".repeat(300));
+        let err = doc_rev(huge.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("`_rev` is 302 bytes, over 256"), "{err}");
         assert!(doc_rev(&b"[1,2]"[..]).is_err());
         assert!(doc_rev(&br#"{"a":1"#[..]).is_err(), "truncated");
         assert!(doc_rev(&br#"{"a":1} trailing"#[..]).is_err());
