@@ -709,11 +709,12 @@ impl Db {
     }
 
     /// Whether anything is pending or leased (exact, and cheap on a large checkpoint).
-    pub fn has_open_work(&self) -> rusqlite::Result<bool> {
+    /// (With `index_only`, only partitions count: packuments are not fetched.)
+    pub fn has_open_work(&self, index_only: bool) -> rusqlite::Result<bool> {
         self.conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM partitions WHERE status IN ('pending', 'leased'))
-                 OR EXISTS (SELECT 1 FROM packages WHERE status IN ('pending', 'leased'))",
-            [],
+                 OR (NOT ?1 AND EXISTS (SELECT 1 FROM packages WHERE status IN ('pending', 'leased')))",
+            [index_only],
             |r| r.get(0),
         )
     }
@@ -1133,7 +1134,7 @@ mod tests {
             db.lease_packuments(t, 10)?;
             db.apply(t, &[stored("a", "1-a"), stored("b", "1-b")])?;
             db.end_lease(t, "finished", true)?;
-            assert!(!db.has_open_work()?);
+            assert!(!db.has_open_work(false)?);
             db.set_run_complete(true)
         })
         .await

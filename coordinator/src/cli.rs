@@ -105,6 +105,10 @@ pub struct JobArgs {
     /// Rows per `_all_docs` request (npm allows at most 10,000).
     #[arg(long, env = "ALLDOCS_PAGE_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub page_size: u32,
+    /// Only the index pass (every name and revision, in `index/` and the checkpoint): no
+    /// packument is fetched.
+    #[arg(long, env = "ALLDOCS_INDEX_ONLY")]
+    pub index_only: bool,
     /// Full or abbreviated packuments.
     #[arg(long, env = "ALLDOCS_ACCEPT", value_enum, default_value = "full")]
     pub accept: AcceptArg,

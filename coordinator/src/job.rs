@@ -200,13 +200,16 @@ impl Running {
             state: state_rx,
         };
         let server = tokio::spawn(serve_api(service.clone(), listener).await);
-        let scheduler = Arc::new(Scheduler::new(
-            checkpoint,
-            prepared.fetchers,
-            prepared.settings,
-            stats,
-            state_tx,
-        ));
+        let scheduler = Arc::new(
+            Scheduler::new(
+                checkpoint,
+                prepared.fetchers,
+                prepared.settings,
+                stats,
+                state_tx,
+            )
+            .index_only(args.index_only),
+        );
         Self {
             args,
             service,
@@ -316,6 +319,12 @@ impl Running {
             println!(
                 "Retry them: run the same command again (a new run fetches failures again), or while `coordinator serve` runs:\n  grpcurl -plaintext {} alldocs.v1.Coordinator/RetryFailed",
                 self.local
+            );
+        }
+        if self.args.index_only {
+            println!(
+                "index only: {} packages indexed, none fetched; run without --index-only to fetch them (the next run indexes again, cheaply, then fetches what changed)",
+                progress.rows_indexed
             );
         }
         println!(

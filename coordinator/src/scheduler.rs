@@ -44,6 +44,9 @@ pub struct Scheduler {
     pub budget: Arc<Budget>,
     /// Index leases in flight (they take at most half the slots).
     index_running: AtomicUsize,
+    /// Only the index pass: no packument is leased, and the run is done when every
+    /// partition is.
+    index_only: bool,
 }
 
 impl Scheduler {
@@ -73,7 +76,14 @@ impl Scheduler {
             stats,
             state,
             index_running: AtomicUsize::new(0),
+            index_only: false,
         }
+    }
+
+    /// Only the index pass (`--index-only`): no packument is leased.
+    pub fn index_only(mut self, on: bool) -> Self {
+        self.index_only = on;
+        self
     }
 
     /// Leases until nothing is pending or leased, marks the run complete, and returns the
@@ -138,9 +148,10 @@ impl Scheduler {
 
     /// Tells watchers what the run is doing; returns whether any work is pending or leased.
     async fn publish_state(&self) -> Result<bool, CheckpointError> {
+        let index_only = self.index_only;
         let (open, counts) = self
             .checkpoint
-            .call(|db| Ok((db.has_open_work()?, db.counts()?)))
+            .call(move |db| Ok((db.has_open_work(index_only)?, db.counts()?)))
             .await?;
         // Counts may be a moment old: while work is open, the run is never done.
         let state = match (open, state_of(&counts)) {
@@ -178,17 +189,17 @@ impl Scheduler {
         let lease_size = self.settings.lease_size;
         let index_first =
             self.index_running.load(Ordering::Relaxed) < (self.settings.max_in_flight / 2).max(1);
-        let fetcher = fetcher.to_string();
+        let (fetcher, index_only) = (fetcher.to_string(), self.index_only);
         let deadline_ms =
             alldocs_proto::now_unix_ms() + self.settings.lease_duration.as_millis() as i64;
         self.checkpoint
             .call(move |db| {
                 let token = db.next_token()?;
                 let mut work = None;
-                if index_first {
+                if index_first || index_only {
                     work = db.lease_partition(token)?.map(Work::Index);
                 }
-                if work.is_none() {
+                if work.is_none() && !index_only {
                     let items = db.lease_packuments(token, lease_size)?;
                     work = (!items.is_empty()).then_some(Work::Packuments(items));
                 }
