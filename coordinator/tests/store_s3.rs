@@ -2,60 +2,13 @@
 //! S3-compatible server on loopback (`moto_server`, from PyPI), large documents as
 //! multipart uploads, and every object reads back byte for byte.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-};
-
 use alldocs_fetcher::packument::SPILL_BYTES;
 use alldocs_tests::{
-    procs::{args, free_port, run},
-    py::venv_tool,
+    procs::{args, run},
+    s3::S3Server,
     sim::{Registry, SimConfig, SimServer},
 };
-use anyhow::{bail, Context, Result};
-
-/// A `moto_server` on a free loopback port, killed when dropped.
-struct S3Server {
-    child: Child,
-    url: String,
-}
-
-impl S3Server {
-    fn start() -> Result<Self> {
-        let bin = venv_tool("moto_server")?;
-        let port = free_port()?;
-        let mut child = Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting moto_server")?;
-        // It says where it listens on stderr once it accepts connections.
-        let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
-        let ready = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.contains("Running on"));
-        std::thread::spawn(move || lines.for_each(drop));
-        if !ready {
-            let _ = child.kill();
-            bail!("moto_server exited before it listened");
-        }
-        Ok(Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        })
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use anyhow::{Context, Result};
 
 /// Downloads every object under a prefix: `DOWNLOAD ENDPOINT BUCKET PREFIX DIR`.
 const DOWNLOAD: &str = r#"
