@@ -157,6 +157,15 @@ pub struct Opened {
     pub resumed: bool,
 }
 
+/// What a run does: the whole snapshot, the index alone, or a list of names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    #[default]
+    Full,
+    IndexOnly,
+    Names,
+}
+
 /// What the coordinator tells a fetcher to do.
 #[derive(Clone, Debug)]
 pub enum Work {
@@ -193,6 +202,18 @@ impl Checkpoint {
         plan: &[Partition],
         max_attempts: u32,
     ) -> Result<(Self, Opened), CheckpointError> {
+        Self::open_for(path, identity, plan, max_attempts, Mode::Full)
+    }
+
+    /// [`Checkpoint::open`] for a run of `mode`: a `--names` run starts without putting
+    /// the snapshot's partitions and failures back to pending (it leaves them as they are).
+    pub fn open_for(
+        path: &Path,
+        identity: &RunIdentity,
+        plan: &[Partition],
+        max_attempts: u32,
+        mode: Mode,
+    ) -> Result<(Self, Opened), CheckpointError> {
         let shown = path.display().to_string();
         let open_err = |source| CheckpointError::Open {
             path: shown.clone(),
@@ -217,7 +238,7 @@ impl Checkpoint {
             max_attempts: max_attempts.max(1),
             cached: None,
         };
-        let opened = db.start(&shown, identity, plan)?;
+        let opened = db.start(&shown, identity, plan, mode)?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("checkpoint".into())
@@ -364,6 +385,7 @@ impl Db {
         path: &str,
         identity: &RunIdentity,
         plan: &[Partition],
+        mode: Mode,
     ) -> Result<Opened, CheckpointError> {
         self.check_identity(path, identity)?;
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -380,7 +402,7 @@ impl Db {
                     insert.execute(params![p.name, ord as i64, p.start, p.end])?;
                 }
             }
-            let opened = self.begin_or_resume_run()?;
+            let opened = self.begin_or_resume_run(mode)?;
             self.conn.execute(
                 "UPDATE leases SET ended_ms = ?1, outcome = 'abandoned: coordinator restarted' WHERE ended_ms IS NULL",
                 [alldocs_proto::now_unix_ms()],
@@ -401,19 +423,23 @@ impl Db {
     }
 
     /// A new run after a finished one (or the first), or carrying on with an unfinished one.
-    fn begin_or_resume_run(&self) -> rusqlite::Result<Opened> {
+    fn begin_or_resume_run(&self, mode: Mode) -> rusqlite::Result<Opened> {
         let run: i64 = self.meta("run")?.and_then(|r| r.parse().ok()).unwrap_or(0);
         let complete = self.meta("run_complete")?.as_deref() == Some("1");
         Ok(if run == 0 || complete {
             // A new run re-indexes everything; packuments are fetched again only if
             // their revision changed, or they failed.
             let run = run + 1;
-            self.conn.execute_batch(
+            let reset = if mode == Mode::Names {
+                // A list of names: the snapshot's partitions and failures stay as they are.
+                ""
+            } else {
                 "UPDATE partitions SET status = 'pending', rows = 0, uri = NULL, attempts = 0,
                      last_error = NULL, lease_token = NULL;
                  UPDATE packages SET status = 'pending', attempts = 0, last_error = NULL, lease_token = NULL
-                     WHERE status IN ('failed', 'leased');",
-            )?;
+                     WHERE status IN ('failed', 'leased');"
+            };
+            self.conn.execute_batch(reset)?;
             self.set_meta("run", &run.to_string())?;
             self.set_meta("run_complete", "0")?;
             Opened {
@@ -709,13 +735,88 @@ impl Db {
     }
 
     /// Whether anything is pending or leased (exact, and cheap on a large checkpoint).
-    /// (With `index_only`, only partitions count: packuments are not fetched.)
-    pub fn has_open_work(&self, index_only: bool) -> rusqlite::Result<bool> {
+    /// Only the partitions count with `--index-only` (packuments are not fetched), only
+    /// the wanted names with `--names` (partitions are not indexed).
+    pub fn has_open_work(&self, mode: Mode) -> rusqlite::Result<bool> {
+        let sql = match mode {
+            Mode::Full => {
+                "SELECT EXISTS (SELECT 1 FROM partitions WHERE status IN ('pending', 'leased'))
+                     OR EXISTS (SELECT 1 FROM packages WHERE status IN ('pending', 'leased'))"
+            }
+            Mode::IndexOnly => {
+                "SELECT EXISTS (SELECT 1 FROM partitions WHERE status IN ('pending', 'leased'))"
+            }
+            Mode::Names => {
+                "SELECT EXISTS (SELECT 1 FROM wanted w JOIN packages p ON p.name = w.name
+                                WHERE p.status IN ('pending', 'leased'))"
+            }
+        };
+        self.conn.query_row(sql, [], |r| r.get(0))
+    }
+
+    /// Makes `names` the run's wanted list: each goes (back) to pending in the partition its
+    /// key falls in, a new one with no indexed revision yet. Nothing else changes.
+    pub fn want(&mut self, names: &[String], plan: &[Partition]) -> rusqlite::Result<()> {
+        self.conn.execute("DELETE FROM wanted", [])?;
+        for name in names {
+            let partition = plan
+                .iter()
+                .find(|p| {
+                    alldocs_fetcher::keys::in_range(name, p.start.as_deref(), p.end.as_deref())
+                })
+                .map_or("", |p| p.name.as_str());
+            self.conn
+                .execute("INSERT INTO wanted (name) VALUES (?1)", [name])?;
+            self.conn.execute(
+                "INSERT INTO packages (name, partition, indexed_rev, status, seen_run)
+                     VALUES (?1, ?2, '', 'pending', 0)
+                 ON CONFLICT(name) DO UPDATE SET status = 'pending', attempts = 0,
+                     last_error = NULL, lease_token = NULL",
+                params![name, partition],
+            )?;
+        }
+        self.cached = None;
+        Ok(())
+    }
+
+    /// Leases up to `max` pending names of the wanted list.
+    pub fn lease_wanted(
+        &mut self,
+        token: i64,
+        max: usize,
+    ) -> rusqlite::Result<Vec<(String, String)>> {
+        let items: Vec<(String, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT p.name, p.indexed_rev FROM wanted w JOIN packages p ON p.name = w.name
+                 WHERE p.status = 'pending' ORDER BY p.name LIMIT ?1",
+            )?
+            .query_map([max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut update = self.conn.prepare_cached(
+            "UPDATE packages SET status = 'leased', lease_token = ?1 WHERE name = ?2",
+        )?;
+        for (name, _) in &items {
+            update.execute(params![token, name])?;
+        }
+        Ok(items)
+    }
+
+    /// How the wanted names ended: (listed, stored, missing, failed).
+    pub fn wanted_counts(&self) -> rusqlite::Result<(u64, u64, u64, u64)> {
         self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM partitions WHERE status IN ('pending', 'leased'))
-                 OR (NOT ?1 AND EXISTS (SELECT 1 FROM packages WHERE status IN ('pending', 'leased')))",
-            [index_only],
-            |r| r.get(0),
+            "SELECT COUNT(*), COALESCE(SUM(p.status = 'stored'), 0),
+                    COALESCE(SUM(p.status = 'missing'), 0), COALESCE(SUM(p.status = 'failed'), 0)
+             FROM wanted w JOIN packages p ON p.name = w.name",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            },
         )
     }
 
@@ -1134,7 +1235,7 @@ mod tests {
             db.lease_packuments(t, 10)?;
             db.apply(t, &[stored("a", "1-a"), stored("b", "1-b")])?;
             db.end_lease(t, "finished", true)?;
-            assert!(!db.has_open_work(false)?);
+            assert!(!db.has_open_work(Mode::Full)?);
             db.set_run_complete(true)
         })
         .await

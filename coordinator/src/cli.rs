@@ -107,8 +107,13 @@ pub struct JobArgs {
     pub page_size: u32,
     /// Only the index pass (every name and revision, in `index/` and the checkpoint): no
     /// packument is fetched.
-    #[arg(long, env = "ALLDOCS_INDEX_ONLY")]
+    #[arg(long, env = "ALLDOCS_INDEX_ONLY", conflicts_with = "names")]
     pub index_only: bool,
+    /// Fetch just these packuments, no index pass: `a,b,c`, or `@FILE` with a JSON array
+    /// (`["express", "lodash"]`) or one name per line (`#` comments); `name@range` is the
+    /// name. Names the registry does not have are `missing`.
+    #[arg(long, env = "ALLDOCS_NAMES")]
+    pub names: Option<String>,
     /// Full or abbreviated packuments.
     #[arg(long, env = "ALLDOCS_ACCEPT", value_enum, default_value = "full")]
     pub accept: AcceptArg,

@@ -14,7 +14,7 @@ use tokio::{
 
 use crate::{
     api::CoordinatorService,
-    checkpoint::{Checkpoint, CheckpointError, Counts, RunIdentity},
+    checkpoint::{Checkpoint, CheckpointError, Counts, Mode, RunIdentity},
     cli::{usage, AcceptArg, JobArgs},
     display,
     fetchers::FetcherHandle,
@@ -31,6 +31,10 @@ const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Everything a job needs, checked before anything is written.
 pub struct Prepared {
     pub partitions: Vec<Partition>,
+    /// The whole snapshot, the index alone, or a list of names.
+    pub mode: Mode,
+    /// The names of a `--names` run.
+    pub names: Vec<String>,
     pub identity: RunIdentity,
     pub settings: Settings,
     pub fetchers: Vec<FetcherHandle>,
@@ -54,11 +58,12 @@ pub async fn job(
     let local = listener.local_addr()?;
     // Held until the job returns: a second coordinator on this checkpoint is refused.
     let _lock = CheckpointLock::acquire(&args.db, local).map_err(|e| usage(e.to_string()))?;
-    let (checkpoint, opened) = Checkpoint::open(
+    let (checkpoint, opened) = Checkpoint::open_for(
         &args.db,
         &prepared.identity,
         &prepared.partitions,
         args.max_attempts,
+        prepared.mode,
     )
     .map_err(|e| match e {
         CheckpointError::ConfigMismatch { .. }
@@ -66,6 +71,10 @@ pub async fn job(
         | CheckpointError::TooNew { .. } => usage(e.to_string()),
         other => other.into(),
     })?;
+    if prepared.mode == Mode::Names {
+        let (names, plan) = (prepared.names.clone(), prepared.partitions.clone());
+        checkpoint.call(move |db| db.want(&names, &plan)).await?;
+    }
     println!("coordinator listening on {local}");
     if let Some(tx) = listening {
         let _ = tx.send(local);
@@ -109,8 +118,19 @@ pub fn prepare(args: &JobArgs) -> anyhow::Result<Prepared> {
         pivots: pivots.clone(),
         accept: format!("{:?}", args.accept).to_lowercase(),
     };
+    let names = match &args.names {
+        Some(list) => crate::names::parse_names(list).map_err(usage)?,
+        None => Vec::new(),
+    };
+    let mode = match (&args.names, args.index_only) {
+        (Some(_), _) => Mode::Names,
+        (None, true) => Mode::IndexOnly,
+        (None, false) => Mode::Full,
+    };
     Ok(Prepared {
         partitions: plan::partitions(&pivots),
+        mode,
+        names,
         identity,
         settings: settings(args, origin, registry),
         fetchers,
@@ -208,7 +228,7 @@ impl Running {
                 stats,
                 state_tx,
             )
-            .index_only(args.index_only),
+            .mode(prepared.mode),
         );
         Self {
             args,
@@ -319,6 +339,16 @@ impl Running {
             println!(
                 "Retry them: run the same command again (a new run fetches failures again), or while `coordinator serve` runs:\n  grpcurl -plaintext {} alldocs.v1.Coordinator/RetryFailed",
                 self.local
+            );
+        }
+        if self.args.names.is_some() {
+            let (listed, stored, missing, failed) = self
+                .service
+                .checkpoint
+                .call(|db| db.wanted_counts())
+                .await?;
+            println!(
+                "names: {listed} listed: {stored} stored, {missing} missing (the registry does not have them), {failed} failed"
             );
         }
         if self.args.index_only {

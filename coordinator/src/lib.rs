@@ -12,6 +12,7 @@ pub mod health;
 pub mod job;
 pub mod lease;
 pub mod lock;
+pub mod names;
 pub mod plan;
 pub mod preflight;
 pub mod rates;

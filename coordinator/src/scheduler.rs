@@ -14,7 +14,7 @@ use tokio::{sync::watch, task::JoinSet};
 
 use crate::{
     budget::{Budget, Slot},
-    checkpoint::{Checkpoint, CheckpointError, Counts, Work},
+    checkpoint::{Checkpoint, CheckpointError, Counts, Db, Mode, Work},
     fetchers::FetcherHandle,
     health::FetcherPool,
     lease::Settings,
@@ -44,9 +44,9 @@ pub struct Scheduler {
     pub budget: Arc<Budget>,
     /// Index leases in flight (they take at most half the slots).
     index_running: AtomicUsize,
-    /// Only the index pass: no packument is leased, and the run is done when every
-    /// partition is.
-    index_only: bool,
+    /// The whole snapshot, the index alone (no packument leased), or the wanted names
+    /// alone (no partition leased).
+    mode: Mode,
 }
 
 impl Scheduler {
@@ -76,13 +76,13 @@ impl Scheduler {
             stats,
             state,
             index_running: AtomicUsize::new(0),
-            index_only: false,
+            mode: Mode::Full,
         }
     }
 
-    /// Only the index pass (`--index-only`): no packument is leased.
-    pub fn index_only(mut self, on: bool) -> Self {
-        self.index_only = on;
+    /// What the run does (`--index-only`, `--names`).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
         self
     }
 
@@ -148,14 +148,16 @@ impl Scheduler {
 
     /// Tells watchers what the run is doing; returns whether any work is pending or leased.
     async fn publish_state(&self) -> Result<bool, CheckpointError> {
-        let index_only = self.index_only;
+        let mode = self.mode;
         let (open, counts) = self
             .checkpoint
-            .call(move |db| Ok((db.has_open_work(index_only)?, db.counts()?)))
+            .call(move |db| Ok((db.has_open_work(mode)?, db.counts()?)))
             .await?;
         // Counts may be a moment old: while work is open, the run is never done.
         let state = match (open, state_of(&counts)) {
             (false, _) => RunState::Done,
+            // A list of names is fetched without an index pass.
+            (true, _) if mode == Mode::Names => RunState::Fetching,
             (true, RunState::Done) => RunState::Fetching,
             (true, state) => state,
         };
@@ -189,23 +191,18 @@ impl Scheduler {
         let lease_size = self.settings.lease_size;
         let index_first =
             self.index_running.load(Ordering::Relaxed) < (self.settings.max_in_flight / 2).max(1);
-        let (fetcher, index_only) = (fetcher.to_string(), self.index_only);
+        let (fetcher, mode) = (fetcher.to_string(), self.mode);
         let deadline_ms =
             alldocs_proto::now_unix_ms() + self.settings.lease_duration.as_millis() as i64;
         self.checkpoint
             .call(move |db| {
                 let token = db.next_token()?;
-                let mut work = None;
-                if index_first || index_only {
-                    work = db.lease_partition(token)?.map(Work::Index);
-                }
-                if work.is_none() && !index_only {
-                    let items = db.lease_packuments(token, lease_size)?;
-                    work = (!items.is_empty()).then_some(Work::Packuments(items));
-                }
-                if work.is_none() {
-                    work = db.lease_partition(token)?.map(Work::Index);
-                }
+                let work = if mode == Mode::Names {
+                    let items = db.lease_wanted(token, lease_size)?;
+                    (!items.is_empty()).then_some(Work::Packuments(items))
+                } else {
+                    pick_full(db, token, lease_size, index_first, mode)?
+                };
                 let Some(work) = work else { return Ok(None) };
                 db.record_lease(token, &work, &fetcher, deadline_ms)?;
                 Ok(Some(Picked {
@@ -259,6 +256,29 @@ impl Scheduler {
         }
         Ok(end.unreachable.then_some(end.outcome))
     }
+}
+
+/// Index partitions first while `index_first`, then packument batches (none with
+/// `--index-only`), then any partition.
+fn pick_full(
+    db: &mut Db,
+    token: i64,
+    lease_size: usize,
+    index_first: bool,
+    mode: Mode,
+) -> rusqlite::Result<Option<Work>> {
+    if index_first || mode == Mode::IndexOnly {
+        if let Some(p) = db.lease_partition(token)? {
+            return Ok(Some(Work::Index(p)));
+        }
+    }
+    if mode != Mode::IndexOnly {
+        let items = db.lease_packuments(token, lease_size)?;
+        if !items.is_empty() {
+            return Ok(Some(Work::Packuments(items)));
+        }
+    }
+    Ok(db.lease_partition(token)?.map(Work::Index))
 }
 
 /// What the counts say the run is doing.

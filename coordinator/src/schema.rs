@@ -12,7 +12,8 @@ use crate::checkpoint::CheckpointError;
 /// - 2: `packages.fetched_run` (the run that last fetched a package); `stored_rev` is the
 ///   revision of the document actually stored (its own `_rev`), NULL for a missing one;
 ///   URLs in `meta` carry no credentials.
-pub const VERSION: i64 = 2;
+/// - 3: `wanted`, the names a `--names` run fetches (a new table: nothing to migrate).
+pub const VERSION: i64 = 3;
 
 /// The tables and indexes of [`VERSION`].
 const SCHEMA: &str = "
@@ -46,6 +47,7 @@ CREATE TABLE IF NOT EXISTS packages (
 );
 CREATE INDEX IF NOT EXISTS packages_by_status ON packages(status, partition, name);
 CREATE INDEX IF NOT EXISTS packages_by_partition_run ON packages(partition, seen_run);
+CREATE TABLE IF NOT EXISTS wanted (name TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS leases (
     token INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,

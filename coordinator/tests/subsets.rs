@@ -80,3 +80,150 @@ async fn index_only_requests_no_packument_and_a_later_run_fetches_them() -> anyh
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_names_run_fetches_just_those_and_leaves_the_rest_of_the_snapshot_alone(
+) -> anyhow::Result<()> {
+    let sim = SimServer::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            packages: 300,
+            mean_bytes: 600,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let registry = sim.registry();
+    let picked: Vec<String> = registry.names().step_by(50).map(str::to_string).collect();
+    assert!(picked.len() >= 4);
+    let dir = tempfile::tempdir()?;
+
+    // A JSON array as the old tool wrote it, a `name@range`, a duplicate, an unknown name.
+    let list = dir.path().join("packages.json");
+    let mut entries: Vec<String> = picked.clone();
+    entries.push(format!("{}@^1.2.3", picked[0]));
+    entries.push("no-such-package-here".into());
+    std::fs::write(&list, serde_json::to_string(&entries)?)?;
+    let names = format!("@{}", list.display());
+    let opts = ["--pivots", "@,a,m", "--names", names.as_str()];
+    let (code, out, err) = run(
+        &coordinator(),
+        &job_args("run", dir.path(), &sim.url(), &opts),
+        &[],
+    )?;
+    assert_eq!(code, 0, "{out}{err}");
+    let want = picked.len();
+    assert!(
+        out.contains(&format!(
+            "names: {} listed: {want} stored, 1 missing",
+            want + 1
+        )),
+        "{out}"
+    );
+    let stats = sim.stats();
+    assert_eq!(stats.all_docs_requests, 0, "no index pass");
+    assert_eq!(stats.packument_requests, want as u64 + 1, "each name once");
+    let files = stored_files(&dir.path().join("data"));
+    assert_eq!(files.len(), want);
+    for name in &picked {
+        assert_eq!(
+            files.get(name).cloned(),
+            registry.document(name, false),
+            "{name}"
+        );
+    }
+    let db = dir.path().join("alldocs.sqlite");
+    assert_eq!(
+        checkpoint_statuses(&db)
+            .get("no-such-package-here")
+            .map(String::as_str),
+        Some("missing")
+    );
+
+    // A full snapshot on the same checkpoint, then a names run of two (a lines file with a
+    // comment): only those two are fetched again, every other row stays as it was.
+    let full = ["--pivots", "@,a,m"];
+    let (code, _, err) = run(
+        &coordinator(),
+        &job_args("run", dir.path(), &sim.url(), &full),
+        &[],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let before = rows_except(&db, &picked[..2])?;
+    let requests = sim.stats().packument_requests;
+    let lines = dir.path().join("nightly.txt");
+    std::fs::write(&lines, format!("# ours\n{}\n\n{}\n", picked[0], picked[1]))?;
+    let names = format!("@{}", lines.display());
+    let opts = ["--pivots", "@,a,m", "--names", names.as_str()];
+    let (code, out, err) = run(
+        &coordinator(),
+        &job_args("run", dir.path(), &sim.url(), &opts),
+        &[],
+    )?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(sim.stats().packument_requests, requests + 2);
+    assert_eq!(
+        rows_except(&db, &picked[..2])?,
+        before,
+        "the rest is untouched"
+    );
+    let partitions: Vec<String> = rusqlite::Connection::open(&db)?
+        .prepare("SELECT status FROM partitions")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    assert!(
+        partitions.iter().all(|s| s == "done"),
+        "the snapshot's index is kept: {partitions:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_names_list_is_refused_before_anything_is_written() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let origin = "http://127.0.0.1:9";
+    let cases: &[(&[&str], &str)] = &[
+        (&["--names", "react,..,lodash"], "entry 2 `..`"),
+        (
+            &["--names", "@/nonexistent/list.json"],
+            "cannot read the list",
+        ),
+        (&["--names", "react", "--index-only"], "cannot be used with"),
+    ];
+    for (extra, expected) in cases {
+        let (code, _, err) = run(
+            &coordinator(),
+            &job_args("run", dir.path(), origin, extra),
+            &[],
+        )?;
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(err.contains(expected), "{extra:?}: {err}");
+        assert!(!dir.path().join("alldocs.sqlite").exists(), "{extra:?}");
+    }
+    Ok(())
+}
+
+/// Every package row but those of `names`, as text.
+fn rows_except(db: &std::path::Path, names: &[String]) -> anyhow::Result<Vec<String>> {
+    let conn = rusqlite::Connection::open(db)?;
+    let mut stmt = conn.prepare(
+        "SELECT name, status, indexed_rev, stored_rev, uri, bytes, attempts, fetched_run
+         FROM packages ORDER BY name",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((0..8)
+                .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                .collect::<Vec<_>>()
+                .join("|"))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows
+        .into_iter()
+        .filter(|row| {
+            !names
+                .iter()
+                .any(|n| row.starts_with(&format!("Text({:?})", n.as_bytes())))
+        })
+        .collect())
+}
