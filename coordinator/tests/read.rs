@@ -79,7 +79,12 @@ async fn index_show_and_export_read_a_snapshot_while_it_is_served() -> anyhow::R
     check_show(&snap, &peer.db_url()).await?;
     check_export(&snap);
     drop(serve);
-    // Once serve has stopped (its WAL checkpointed away), the snapshot still reads.
+    // Once the last writer has closed the checkpoint cleanly (its WAL folded in and
+    // removed), the snapshot still reads.
+    let conn = rusqlite::Connection::open(snap.db())?;
+    conn.query_row("SELECT count(*) FROM packages", [], |r| r.get::<_, i64>(0))?;
+    conn.close().map_err(|(_, e)| e)?;
+    assert!(!snap.dir.path().join("alldocs.sqlite-wal").exists());
     check_index(&snap);
     check_refusals(&snap)
 }
