@@ -8,7 +8,7 @@ use std::{
 
 use alldocs_fetcher::store::packument_path;
 use clap::{Args, ValueEnum};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::read::{finish, open, recorded_store, DbArg};
 
@@ -48,41 +48,71 @@ fn run(args: ExportArgs, rt: tokio::runtime::Handle) -> anyhow::Result<ExitCode>
         let name: String = row.get(0)?;
         let bytes = rt
             .block_on(store.get(&packument_path(&name)))
-            .map_err(|e| anyhow::anyhow!("`{name}`: its object is not in the store: {e}"))?;
-        let doc: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow::anyhow!("`{name}`: the stored document is not JSON: {e}"))?;
-        drop(bytes);
-        let written = if args.versions {
-            write_versions(&mut out, &name, &doc)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                "`{name}` is stored in the checkpoint but its object is not in the store ({e}); \
+                 rerun `coordinator run` on this --db to fetch it again"
+            )
+            })?;
+        let line = if args.versions {
+            let doc: Value = serde_json::from_slice(&bytes).map_err(|e| not_json(&name, e))?;
+            version_rows(&name, &doc)?
         } else {
-            serde_json::to_writer(&mut out, &doc)
-                .map_err(io::Error::from)
-                .and_then(|()| out.write_all(b"\n"))
+            compact(&bytes).map_err(|e| not_json(&name, e))?
         };
-        if let Err(e) = written {
+        drop(bytes);
+        if let Err(e) = out.write_all(&line) {
             return finish(Err(e));
         }
     }
     finish(out.flush())
 }
 
-/// One row per version of a document; fields the document lacks are null.
-fn write_versions(out: &mut impl Write, name: &str, doc: &Value) -> io::Result<()> {
+fn not_json(name: &str, e: serde_json::Error) -> anyhow::Error {
+    anyhow::anyhow!("`{name}`: the stored document is not JSON ({e})")
+}
+
+/// The document on one line, its keys in their stored order, then a newline.
+fn compact(bytes: &[u8]) -> serde_json::Result<Vec<u8>> {
+    let mut line = Vec::with_capacity(bytes.len() + 1);
+    let mut from = serde_json::Deserializer::from_slice(bytes);
+    let mut to = serde_json::Serializer::new(&mut line);
+    serde_transcode::transcode(&mut from, &mut to)?;
+    from.end()?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// One `--versions` row, its fields in this order; what a document lacks is null.
+#[derive(serde::Serialize)]
+struct VersionRow<'a> {
+    name: &'a str,
+    version: &'a str,
+    published: Option<&'a Value>,
+    dependencies: Option<&'a Value>,
+    tarball: Option<&'a Value>,
+    integrity: Option<&'a Value>,
+}
+
+/// One row per version of a document (versions in byte order of their numbers), each
+/// line ending in a newline.
+fn version_rows(name: &str, doc: &Value) -> serde_json::Result<Vec<u8>> {
+    let mut lines = Vec::new();
     let Some(versions) = doc.get("versions").and_then(Value::as_object) else {
-        return Ok(());
+        return Ok(lines);
     };
     for (version, manifest) in versions {
         let dist = manifest.get("dist");
-        let row = json!({
-            "name": name,
-            "version": version,
-            "published": doc.get("time").and_then(|t| t.get(version)),
-            "dependencies": manifest.get("dependencies"),
-            "tarball": dist.and_then(|d| d.get("tarball")),
-            "integrity": dist.and_then(|d| d.get("integrity")),
-        });
-        serde_json::to_writer(&mut *out, &row)?;
-        out.write_all(b"\n")?;
+        let row = VersionRow {
+            name,
+            version,
+            published: doc.get("time").and_then(|t| t.get(version)),
+            dependencies: manifest.get("dependencies"),
+            tarball: dist.and_then(|d| d.get("tarball")),
+            integrity: dist.and_then(|d| d.get("integrity")),
+        };
+        serde_json::to_writer(&mut lines, &row)?;
+        lines.push(b'\n');
     }
-    Ok(())
+    Ok(lines)
 }

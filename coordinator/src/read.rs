@@ -192,15 +192,22 @@ fn not_stored(name: &str, status: &str, last_error: Option<String>) -> String {
     }
 }
 
-/// The field at a dotted path: a string raw, anything else as JSON.
+/// The field at a dotted path: a string raw, anything else as JSON. A key that itself
+/// holds dots (a version such as `1.0.0`) is matched whole, longest first.
 pub fn select(bytes: &[u8], path: &str) -> anyhow::Result<String> {
     let doc: serde_json::Value = serde_json::from_slice(bytes)?;
-    let mut at = &doc;
-    for key in path.split('.') {
-        let item = key.parse::<usize>().ok().and_then(|i| at.get(i));
-        at = item
-            .or_else(|| at.get(key))
-            .ok_or_else(|| anyhow::anyhow!("the document has no field `{path}` (no `{key}`)"))?;
+    let parts: Vec<&str> = path.split('.').collect();
+    let (mut at, mut i) = (&doc, 0);
+    while i < parts.len() {
+        let step = (i + 1..=parts.len()).rev().find_map(|j| {
+            let key = parts[i..j].join(".");
+            let item = key.parse::<usize>().ok().and_then(|n| at.get(n));
+            item.or_else(|| at.get(&key)).map(|v| (v, j))
+        });
+        let (next, j) = step.ok_or_else(|| {
+            anyhow::anyhow!("the document has no field `{path}` (no `{}`)", parts[i])
+        })?;
+        (at, i) = (next, j);
     }
     Ok(match at {
         serde_json::Value::String(s) => s.clone(),

@@ -165,6 +165,11 @@ async fn check_show(snap: &Snap, origin: &str) -> anyhow::Result<()> {
     let (code, out, err) = snap.run(&["show", name, "--select", "dist-tags.latest"]);
     let want = format!("{}\n", latest_of(name).unwrap());
     assert_eq!((code, out.as_str(), err.as_str()), (0, want.as_str(), ""));
+    // A key with dots in it (a version) is matched whole; non-strings print as JSON.
+    let edge = EDGE_NAMES[0];
+    let (code, out, err) = snap.run(&["show", edge, "--select", "versions.1.0.0"]);
+    let want = format!("{{\"name\":\"{edge}\",\"version\":\"1.0.0\"}}\n");
+    assert_eq!((code, out.as_str(), err.as_str()), (0, want.as_str(), ""));
     let (code, out, err) = snap.run(&["show", "no-such-pkg-xyz"]);
     assert_eq!((code, out.as_str()), (1, ""), "{err}");
     assert!(
@@ -187,9 +192,12 @@ fn check_export(snap: &Snap) {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(exported.len(), snap.truth.len());
-    for ((name, _), doc) in snap.truth.iter().zip(&exported) {
+    for (((name, _), doc), line) in snap.truth.iter().zip(&exported).zip(out.lines()) {
         let want: Value = serde_json::from_slice(&snap.stored[name]).unwrap();
         assert!(*doc == want, "export of {name} is the stored document");
+        // The origin serves compact JSON and a newline: the line is its bytes, in order.
+        let bytes = snap.stored[name].trim_ascii_end();
+        assert!(line.as_bytes() == bytes, "{name} exported byte for byte");
     }
     let (code, out, err) = snap.run(&["export", "--versions"]);
     assert_eq!(code, 0, "{err}");
