@@ -178,8 +178,9 @@ pub async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
 fn not_stored(name: &str, status: &str, last_error: Option<String>) -> String {
     match status {
         "missing" => format!(
-            "`{name}` is missing: the registry listed it but did not serve its packument \
-             when the snapshot was taken; nothing to show"
+            "`{name}` is missing: the registry listed it but answered {} for its packument; \
+             nothing to show (the next `coordinator run` on this --db asks again)",
+            last_error.as_deref().unwrap_or("not found")
         ),
         "failed" => format!(
             "`{name}` failed to fetch ({}); rerun `coordinator run` on this --db to retry it",

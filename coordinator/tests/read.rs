@@ -235,7 +235,7 @@ fn check_refusals(snap: &Snap) -> anyhow::Result<()> {
     let names: Vec<&String> = snap.truth.iter().map(|(n, _)| n).take(3).collect();
     let conn = rusqlite::Connection::open(snap.db())?;
     conn.execute(
-        "UPDATE packages SET status = 'missing' WHERE name = ?1",
+        "UPDATE packages SET status = 'missing', last_error = 'HTTP 404' WHERE name = ?1",
         [names[0]],
     )?;
     conn.execute(
@@ -244,7 +244,10 @@ fn check_refusals(snap: &Snap) -> anyhow::Result<()> {
     )?;
     let (code, out, err) = snap.run(&["show", names[0]]);
     assert_eq!((code, out.as_str()), (1, ""), "{err}");
-    assert!(err.contains("is missing"), "{err}");
+    assert!(
+        err.contains("is missing") && err.contains("answered HTTP 404"),
+        "{err}"
+    );
     let (code, _, err) = snap.run(&["show", names[1]]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("failed to fetch (HTTP 500)") && err.contains("coordinator run"));
