@@ -32,6 +32,12 @@ pub enum Command {
     Run(JobArgs),
     /// Show progress from a running coordinator.
     Status(StatusArgs),
+    /// Print every indexed name and revision of a snapshot, in key order (read-only).
+    Index(crate::read::IndexArgs),
+    /// Print one stored packument (or a field of it) from a snapshot, no network.
+    Show(crate::read::ShowArgs),
+    /// Stream a snapshot's stored packuments as NDJSON (read-only).
+    Export(crate::export::ExportArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -185,6 +191,9 @@ pub async fn execute(
         Command::Serve(args) => crate::job::job(args, true, stop, None).await,
         Command::Run(args) => crate::job::job(args, false, stop, None).await,
         Command::Status(args) => crate::status::status(args).await,
+        Command::Index(args) => crate::read::index(args).await,
+        Command::Show(args) => crate::read::show(args).await,
+        Command::Export(args) => crate::export::export(args).await,
     }
 }
 
