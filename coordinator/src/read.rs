@@ -98,7 +98,10 @@ pub async fn index(args: IndexArgs) -> anyhow::Result<ExitCode> {
 /// primary key, that is raw byte order), streamed row by row.
 fn index_rows(args: IndexArgs) -> anyhow::Result<ExitCode> {
     let conn = open(&args.db.db)?;
-    let sql = format!("SELECT name, indexed_rev FROM packages WHERE {LIVE} ORDER BY name");
+    // Names a `--names` run added have no indexed revision until an index pass lists them.
+    let sql = format!(
+        "SELECT name, indexed_rev FROM packages WHERE {LIVE} AND indexed_rev != '' ORDER BY name"
+    );
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query([])?;
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());

@@ -30,7 +30,7 @@ fn parse(argv: &[String]) -> JobArgs {
             .expect("valid options");
     match cli.command {
         Command::Run(a) | Command::Serve(a) => a,
-        Command::Status(_) => panic!("not a job"),
+        _ => panic!("not a job"),
     }
 }
 
