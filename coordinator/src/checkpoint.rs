@@ -253,11 +253,6 @@ impl Checkpoint {
         ))
     }
 
-    /// The checkpoint's path, for messages.
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
     /// Runs `f` on the checkpoint thread inside the current batch's transaction (in its own
     /// savepoint) and returns its result once the batch is committed. An error of `f`, or
     /// a batch that could not be committed, is an error here: nothing is reported done
@@ -510,14 +505,19 @@ impl Db {
             let rows = stmt.query_map([max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
+        self.mark_leased(token, &items)?;
+        Ok(items)
+    }
+
+    /// Hands `items` to the lease `token`.
+    fn mark_leased(&self, token: i64, items: &[(String, String)]) -> rusqlite::Result<()> {
         let mut update = self.conn.prepare_cached(
             "UPDATE packages SET status = 'leased', lease_token = ?1 WHERE name = ?2",
         )?;
-        for (name, _) in &items {
+        for (name, _) in items {
             update.execute(params![token, name])?;
         }
-        drop(update);
-        Ok(items)
+        Ok(())
     }
 
     /// Records a lease being handed out.
@@ -793,12 +793,7 @@ impl Db {
             )?
             .query_map([max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        let mut update = self.conn.prepare_cached(
-            "UPDATE packages SET status = 'leased', lease_token = ?1 WHERE name = ?2",
-        )?;
-        for (name, _) in &items {
-            update.execute(params![token, name])?;
-        }
+        self.mark_leased(token, &items)?;
         Ok(items)
     }
 

@@ -12,6 +12,7 @@ pub mod fetchers;
 pub mod health;
 pub mod job;
 pub mod lease;
+pub mod list;
 pub mod lock;
 pub mod names;
 pub mod plan;

@@ -4,16 +4,20 @@
 
 use alldocs_fetcher::names::check_name;
 
+use crate::list::ListError;
+
 /// Parses `--names` (`@FILE` or a comma-separated list) into distinct package names, in
 /// the order given; refuses the whole list if any entry is not a package name.
 pub fn parse_names(arg: &str) -> Result<Vec<String>, String> {
-    let entries: Vec<String> = match arg.strip_prefix('@').filter(|_| !arg.contains(',')) {
-        Some(path) => read_file(path)?,
-        None => arg.split(',').map(|s| s.trim().to_string()).collect(),
-    };
+    let entries = crate::list::entries(arg).map_err(|e| match e {
+        ListError::Read { path, source } => format!(
+            "--names: cannot read the list {path}: {source}; give @FILE with a JSON array or one name per line"
+        ),
+        ListError::Json { .. } => format!("--names: the list {e}"),
+    })?;
     let mut names: Vec<String> = Vec::with_capacity(entries.len());
     let mut seen = std::collections::HashSet::new();
-    for (i, entry) in entries.iter().enumerate() {
+    for (i, entry) in entries.iter().map(|e| e.trim()).enumerate() {
         let name = without_range(entry);
         check_name(name).map_err(|e| format!("--names: entry {} `{entry}`: {e}", i + 1))?;
         if seen.insert(name.to_string()) {
@@ -24,24 +28,6 @@ pub fn parse_names(arg: &str) -> Result<Vec<String>, String> {
         return Err("--names lists no package; give names as a,b,c or @FILE".into());
     }
     Ok(names)
-}
-
-/// A file of names: a JSON array of strings, or one per line (blank lines and `#`
-/// comments skipped).
-fn read_file(path: &str) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!("--names: cannot read the list {path}: {e}; give @FILE with a JSON array or one name per line")
-    })?;
-    if text.trim_start().starts_with('[') {
-        return serde_json::from_str(&text)
-            .map_err(|e| format!("--names: the list {path} is not a JSON array of strings: {e}"));
-    }
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect())
 }
 
 /// `express@^4` → `express`, `@types/node@20` → `@types/node`; a name without a range

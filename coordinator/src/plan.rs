@@ -3,6 +3,8 @@
 
 pub use alldocs_fetcher::keys::{partitions, Partition};
 
+use crate::list::ListError;
+
 /// Why pivots were refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PlanError {
@@ -24,27 +26,13 @@ pub enum PlanError {
 /// comments skipped) or a JSON array of strings. A list may itself start with the pivot
 /// `@` (`@,A,a`): an argument with a comma is always a list. Validates the order.
 pub fn parse_pivots(arg: &str) -> Result<Vec<String>, PlanError> {
-    let file = arg.strip_prefix('@').filter(|_| !arg.contains(','));
-    let pivots: Vec<String> = if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| PlanError::File {
-            path: path.to_string(),
-            reason: format!("{e} (a single pivot starting with `@` must be written as a list with another pivot, or in a file)"),
-        })?;
-        if text.trim_start().starts_with('[') {
-            serde_json::from_str(&text).map_err(|e| PlanError::Json {
-                path: path.to_string(),
-                reason: e.to_string(),
-            })?
-        } else {
-            text.lines()
-                .map(str::trim_end)
-                .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-                .map(str::to_string)
-                .collect()
-        }
-    } else {
-        arg.split(',').map(str::to_string).collect()
-    };
+    let pivots = crate::list::entries(arg).map_err(|e| match e {
+        ListError::Read { path, source } => PlanError::File {
+            path,
+            reason: format!("{source} (a single pivot starting with `@` must be written as a list with another pivot, or in a file)"),
+        },
+        ListError::Json { path, reason } => PlanError::Json { path, reason },
+    })?;
     validate(&pivots)?;
     Ok(pivots)
 }

@@ -113,8 +113,4 @@ impl Stats {
     pub fn rate_limit_current(&self) -> f64 {
         self.budget.get().map_or(0.0, |b| b.current())
     }
-
-    pub fn fetched(&self) -> u64 {
-        self.fetched.load(Ordering::Relaxed)
-    }
 }

@@ -398,36 +398,7 @@ async fn failures_are_reported_and_retry_failed_fetches_them() -> anyhow::Result
     // Paged, 12 at a time: every failure exactly once, in name order, and the last page
     // says there is no next one.
     let mut client = CoordinatorClient::connect(serve.url()).await?;
-    let (mut names, mut token, mut pages) = (Vec::new(), String::new(), 0);
-    loop {
-        let page = client
-            .list_failures(ListFailuresRequest {
-                limit: 12,
-                page_token: token.clone(),
-            })
-            .await?
-            .into_inner();
-        assert_eq!(page.total, 30);
-        pages += 1;
-        names.extend(page.failures.into_iter().map(|f| f.name));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
-    let mut sorted = names.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!((pages, names.len()), (3, 30));
-    assert_eq!(names, sorted);
-    let err = client
-        .list_failures(ListFailuresRequest {
-            limit: 5,
-            page_token: "made-up".into(),
-        })
-        .await
-        .expect_err("a token it never gave out");
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert_failures_page_through(&mut client, 30).await?;
 
     // Each name has now been asked for twice; two more tries succeed.
     let retried = reflect_call(
@@ -556,5 +527,44 @@ async fn watch_progress_sends_consistent_snapshots_at_the_interval_and_on_state_
         states.last(),
         Some(&(alldocs_proto::v1::RunState::Done as i32))
     );
+    Ok(())
+}
+
+/// Reads every failure 12 at a time: `total` of them over three pages, each once, in name
+/// order; a page token the coordinator never gave out is refused.
+async fn assert_failures_page_through(
+    client: &mut CoordinatorClient<tonic::transport::Channel>,
+    total: u64,
+) -> anyhow::Result<()> {
+    let (mut names, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = client
+            .list_failures(ListFailuresRequest {
+                limit: 12,
+                page_token: token.clone(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(page.total, total);
+        pages += 1;
+        names.extend(page.failures.into_iter().map(|f| f.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!((pages, names.len()), (3, total as usize));
+    assert_eq!(names, sorted);
+    let err = client
+        .list_failures(ListFailuresRequest {
+            limit: 5,
+            page_token: "made-up".into(),
+        })
+        .await
+        .expect_err("a token it never gave out");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     Ok(())
 }

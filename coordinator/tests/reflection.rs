@@ -177,6 +177,12 @@ async fn coordinator_progress_through_reflection_only() -> Result<()> {
 }
 
 async fn check_progress(addr: &str, sim: &SimServer) -> Result<()> {
+    let last = check_watch_stream(addr).await?;
+    check_get_progress(addr, sim, &last).await
+}
+
+/// WatchProgress until done: the last message is the done state, and no count goes down.
+async fn check_watch_stream(addr: &str) -> Result<Value> {
     // The server's own stream: a Progress now, then every interval until done (and once
     // more when it is), so it ends by itself; the limit bounds a stuck run.
     let watched = {
@@ -219,6 +225,12 @@ async fn check_progress(addr: &str, sim: &SimServer) -> Result<()> {
         }
     }
 
+    Ok(last.clone())
+}
+
+/// GetProgress over both reflection versions: every contract field, exact counts, and the
+/// same bytes stored as the stream's last message said.
+async fn check_get_progress(addr: &str, sim: &SimServer, last: &Value) -> Result<()> {
     let registry = sim.registry().clone();
     let expected_bytes: u64 = registry
         .names()

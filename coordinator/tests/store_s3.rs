@@ -85,20 +85,7 @@ async fn a_snapshot_into_s3_reads_back_byte_for_byte() -> Result<()> {
         ("AWS_REGION", "us-east-1"),
     ];
     let coordinator = std::path::Path::new(env!("CARGO_BIN_EXE_coordinator"));
-    // A bucket that does not exist is refused before a checkpoint is made.
-    let mut missing = job.clone();
-    let at = missing.iter().position(|a| a == "--store").unwrap();
-    missing[at + 1] = "s3://no-such-bucket/npm".into();
-    let (code, _, err) = run(coordinator, &missing, &env)?;
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("--store s3://no-such-bucket/npm cannot be used") && err.contains("bucket"),
-        "{err}"
-    );
-    assert!(
-        !dir.path().join("alldocs.sqlite").exists(),
-        "nothing written"
-    );
+    a_missing_bucket_is_refused(coordinator, &job, &env, &dir.path().join("alldocs.sqlite"))?;
 
     let (code, out, err) = run(coordinator, &job, &env)?;
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
@@ -161,5 +148,25 @@ async fn a_snapshot_into_s3_reads_back_byte_for_byte() -> Result<()> {
         uri.starts_with("s3://snapshots/npm/2026-11/packuments/"),
         "{uri}"
     );
+    Ok(())
+}
+
+/// A bucket that does not exist is refused before a checkpoint is made.
+fn a_missing_bucket_is_refused(
+    coordinator: &std::path::Path,
+    job: &[String],
+    env: &[(&str, &str)],
+    db: &std::path::Path,
+) -> Result<()> {
+    let mut missing = job.to_vec();
+    let at = missing.iter().position(|a| a == "--store").unwrap();
+    missing[at + 1] = "s3://no-such-bucket/npm".into();
+    let (code, _, err) = run(coordinator, &missing, env)?;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--store s3://no-such-bucket/npm cannot be used") && err.contains("bucket"),
+        "{err}"
+    );
+    assert!(!db.exists(), "nothing written");
     Ok(())
 }

@@ -142,39 +142,7 @@ async fn a_names_run_fetches_just_those_and_leaves_the_rest_of_the_snapshot_alon
 
     // A full snapshot on the same checkpoint, then a names run of two (a lines file with a
     // comment): only those two are fetched again, every other row stays as it was.
-    let full = ["--pivots", "@,a,m"];
-    let (code, _, err) = run(
-        &coordinator(),
-        &job_args("run", dir.path(), &sim.url(), &full),
-        &[],
-    )?;
-    assert_eq!(code, 0, "{err}");
-    let before = rows_except(&db, &picked[..2])?;
-    let requests = sim.stats().packument_requests;
-    let lines = dir.path().join("nightly.txt");
-    std::fs::write(&lines, format!("# ours\n{}\n\n{}\n", picked[0], picked[1]))?;
-    let names = format!("@{}", lines.display());
-    let opts = ["--pivots", "@,a,m", "--names", names.as_str()];
-    let (code, out, err) = run(
-        &coordinator(),
-        &job_args("run", dir.path(), &sim.url(), &opts),
-        &[],
-    )?;
-    assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(sim.stats().packument_requests, requests + 2);
-    assert_eq!(
-        rows_except(&db, &picked[..2])?,
-        before,
-        "the rest is untouched"
-    );
-    let partitions: Vec<String> = rusqlite::Connection::open(&db)?
-        .prepare("SELECT status FROM partitions")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    assert!(
-        partitions.iter().all(|s| s == "done"),
-        "the snapshot's index is kept: {partitions:?}"
-    );
+    nightly_names_run_on_a_full_snapshot(&sim, dir.path(), &picked[..2])?;
     Ok(())
 }
 
@@ -226,4 +194,44 @@ fn rows_except(db: &std::path::Path, names: &[String]) -> anyhow::Result<Vec<Str
                 .any(|n| row.starts_with(&format!("Text({:?})", n.as_bytes())))
         })
         .collect())
+}
+
+/// A full run, then a names run of `two` on the same checkpoint: only those are fetched
+/// again, and the rest of the snapshot (other rows, the partitions' index) stays as it was.
+fn nightly_names_run_on_a_full_snapshot(
+    sim: &SimServer,
+    dir: &std::path::Path,
+    two: &[String],
+) -> anyhow::Result<()> {
+    let db = dir.join("alldocs.sqlite");
+    let full = ["--pivots", "@,a,m"];
+    let (code, _, err) = run(
+        &coordinator(),
+        &job_args("run", dir, &sim.url(), &full),
+        &[],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let before = rows_except(&db, two)?;
+    let requests = sim.stats().packument_requests;
+    let lines = dir.join("nightly.txt");
+    std::fs::write(&lines, format!("# ours\n{}\n\n{}\n", two[0], two[1]))?;
+    let names = format!("@{}", lines.display());
+    let opts = ["--pivots", "@,a,m", "--names", names.as_str()];
+    let (code, out, err) = run(
+        &coordinator(),
+        &job_args("run", dir, &sim.url(), &opts),
+        &[],
+    )?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(sim.stats().packument_requests, requests + 2);
+    assert_eq!(rows_except(&db, two)?, before, "the rest is untouched");
+    let partitions: Vec<String> = rusqlite::Connection::open(&db)?
+        .prepare("SELECT status FROM partitions")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    assert!(
+        partitions.iter().all(|s| s == "done"),
+        "the snapshot's index is kept: {partitions:?}"
+    );
+    Ok(())
 }
