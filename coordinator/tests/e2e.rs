@@ -87,45 +87,11 @@ async fn run_against_pouchdb_stores_every_real_packument_exactly() -> anyhow::Re
     // GetProgress is exact, read through an independent reflection client (as grpcurl
     // would), over both reflection versions.
     let n = truth.len() as u64;
-    for reflection in ["v1", "v1alpha"] {
-        let p = reflect_call(
-            &serve.addr,
-            "alldocs.v1.Coordinator/GetProgress",
-            "{}",
-            reflection,
-        )?;
-        assert_eq!(p["state"], "RUN_STATE_DONE");
-        assert_eq!(json_u64(&p, "partitions_total").ok(), Some(9), "{p}");
-        assert_eq!(json_u64(&p, "partitions_done").ok(), Some(9));
-        assert_eq!(json_u64(&p, "partitions_failed").ok(), Some(0));
-        assert_eq!(json_u64(&p, "rows_indexed").ok(), Some(n));
-        assert_eq!(json_u64(&p, "packuments_total").ok(), Some(n));
-        assert_eq!(json_u64(&p, "packuments_done").ok(), Some(n));
-        assert_eq!(json_u64(&p, "packuments_missing").ok(), Some(0));
-        assert_eq!(json_u64(&p, "packuments_failed").ok(), Some(0));
-        assert_eq!(json_u64(&p, "bytes_stored").ok(), Some(bytes));
-        assert_eq!(json_u64(&p, "packuments_rev_mismatch").ok(), Some(0));
-    }
+    assert_progress_through_reflection(&serve.addr, n, bytes)?;
     assert_eq!(done.packuments_done, n);
 
     // `coordinator status` tells a person the same.
-    let (code, out, err) = run(
-        &coordinator(),
-        &args(&["status", "--addr", &serve.addr]),
-        &[],
-    )?;
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains("done") && out.contains(&format!("{n} stored")),
-        "{out}"
-    );
-    let (_, json, _) = run(
-        &coordinator(),
-        &args(&["status", "--addr", &serve.addr, "--json"]),
-        &[],
-    )?;
-    let json: serde_json::Value = serde_json::from_str(&json)?;
-    assert_eq!(json["packuments_done"].as_u64(), Some(n));
+    assert_status_says_done(&serve.addr, n)?;
     Ok(())
 }
 
@@ -325,37 +291,7 @@ async fn bad_input_is_refused_clearly_and_writes_nothing() -> anyhow::Result<()>
     assert!(!dir.path().join("alldocs.sqlite").exists());
 
     // A checkpoint made with other settings is refused and left as it was.
-    let sim = SimServer::start(
-        "127.0.0.1:0".parse()?,
-        SimConfig {
-            packages: 50,
-            mean_bytes: 500,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let (code, _, err) = run(
-        &coordinator(),
-        &job_args("run", dir.path(), &sim.url(), &["--pivots", "m"]),
-        &[],
-    )?;
-    assert_eq!(code, 0, "{err}");
-    let db = dir.path().join("alldocs.sqlite");
-    let before = checkpoint_dump(&db);
-    let (code, _, err) = run(
-        &coordinator(),
-        &job_args("run", dir.path(), &sim.url(), &["--pivots", "n"]),
-        &[],
-    )?;
-    assert_eq!(code, 2);
-    assert!(
-        err.contains("was made with --pivots `m`") && err.contains("--db"),
-        "{err}"
-    );
-    assert!(
-        checkpoint_dump(&db) == before,
-        "the checkpoint is untouched"
-    );
+    a_checkpoint_of_other_settings_is_refused_and_untouched(dir.path()).await?;
     Ok(())
 }
 
@@ -429,28 +365,7 @@ async fn failures_are_reported_and_retry_failed_fetches_them() -> anyhow::Result
     assert_eq!(p.packuments_done, 30);
 
     // `run` with failures exits 1 and its summary says what failed and how to retry.
-    let sim = SimServer::start(
-        "127.0.0.1:0".parse()?,
-        SimConfig {
-            packages: 12,
-            mean_bytes: 500,
-            fail_first: 4,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let dir = tempfile::tempdir()?;
-    let (code, out, _) = run(
-        &coordinator(),
-        &job_args("run", dir.path(), &sim.url(), &opts),
-        &[],
-    )?;
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("12 failed"), "{out}");
-    assert!(
-        out.contains("HTTP 503") && out.contains("RetryFailed"),
-        "{out}"
-    );
+    run_with_failures_exits_1_and_says_how_to_retry(&opts).await?;
     Ok(())
 }
 
@@ -566,5 +481,108 @@ async fn assert_failures_page_through(
         .await
         .expect_err("a token it never gave out");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    Ok(())
+}
+
+/// GetProgress through the independent reflection client, over both reflection versions:
+/// a done run of `n` packuments and `bytes` stored, in 9 partitions.
+fn assert_progress_through_reflection(addr: &str, n: u64, bytes: u64) -> anyhow::Result<()> {
+    for reflection in ["v1", "v1alpha"] {
+        let p = reflect_call(addr, "alldocs.v1.Coordinator/GetProgress", "{}", reflection)?;
+        assert_eq!(p["state"], "RUN_STATE_DONE");
+        assert_eq!(json_u64(&p, "partitions_total").ok(), Some(9), "{p}");
+        assert_eq!(json_u64(&p, "partitions_done").ok(), Some(9));
+        assert_eq!(json_u64(&p, "partitions_failed").ok(), Some(0));
+        assert_eq!(json_u64(&p, "rows_indexed").ok(), Some(n));
+        assert_eq!(json_u64(&p, "packuments_total").ok(), Some(n));
+        assert_eq!(json_u64(&p, "packuments_done").ok(), Some(n));
+        assert_eq!(json_u64(&p, "packuments_missing").ok(), Some(0));
+        assert_eq!(json_u64(&p, "packuments_failed").ok(), Some(0));
+        assert_eq!(json_u64(&p, "bytes_stored").ok(), Some(bytes));
+        assert_eq!(json_u64(&p, "packuments_rev_mismatch").ok(), Some(0));
+    }
+    Ok(())
+}
+
+/// A checkpoint made with `--pivots m` is refused to a run with `--pivots n`, untouched.
+async fn a_checkpoint_of_other_settings_is_refused_and_untouched(
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let sim = SimServer::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            packages: 50,
+            mean_bytes: 500,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let (code, _, err) = run(
+        &coordinator(),
+        &job_args("run", dir, &sim.url(), &["--pivots", "m"]),
+        &[],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let db = dir.join("alldocs.sqlite");
+    let before = checkpoint_dump(&db);
+    let (code, _, err) = run(
+        &coordinator(),
+        &job_args("run", dir, &sim.url(), &["--pivots", "n"]),
+        &[],
+    )?;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("was made with --pivots `m`") && err.contains("--db"),
+        "{err}"
+    );
+    assert!(
+        checkpoint_dump(&db) == before,
+        "the checkpoint is untouched"
+    );
+    Ok(())
+}
+
+/// `run` with failures exits 1 and its summary says what failed and how to retry.
+async fn run_with_failures_exits_1_and_says_how_to_retry(opts: &[&str]) -> anyhow::Result<()> {
+    let sim = SimServer::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            packages: 12,
+            mean_bytes: 500,
+            fail_first: 4,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let (code, out, _) = run(
+        &coordinator(),
+        &job_args("run", dir.path(), &sim.url(), opts),
+        &[],
+    )?;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("12 failed"), "{out}");
+    assert!(
+        out.contains("HTTP 503") && out.contains("RetryFailed"),
+        "{out}"
+    );
+    Ok(())
+}
+
+/// `coordinator status`, as a table and as JSON, says the run is done with `n` stored.
+fn assert_status_says_done(addr: &str, n: u64) -> anyhow::Result<()> {
+    let (code, out, err) = run(&coordinator(), &args(&["status", "--addr", addr]), &[])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("done") && out.contains(&format!("{n} stored")),
+        "{out}"
+    );
+    let (_, json, _) = run(
+        &coordinator(),
+        &args(&["status", "--addr", addr, "--json"]),
+        &[],
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&json)?;
+    assert_eq!(json["packuments_done"].as_u64(), Some(n));
     Ok(())
 }

@@ -107,36 +107,7 @@ async fn a_snapshot_into_s3_reads_back_byte_for_byte() -> Result<()> {
         &[],
     )?;
     assert_eq!(code, 0, "{err}");
-    let registry = sim.registry();
-    let mut large = 0;
-    for name in registry.names() {
-        let path = copy.path().join(format!("packuments/{name}.json"));
-        let body = std::fs::read(&path).with_context(|| format!("{} in S3", path.display()))?;
-        if body.len() > SPILL_BYTES {
-            large += 1;
-        }
-        assert!(
-            Some(body) == registry.document(name, false),
-            "{name} byte for byte"
-        );
-    }
-    assert!(
-        large >= 1,
-        "a document over 8 MiB went through the multipart path"
-    );
-    let index = std::fs::read_to_string(copy.path().join("index/_40+a.jsonl"))?;
-    let index_rows = ["+_40", "_40+a", "a+m", "m+"]
-        .iter()
-        .map(|p| {
-            std::fs::read_to_string(copy.path().join(format!("index/{p}.jsonl")))
-                .map(|t| t.lines().count())
-        })
-        .sum::<Result<usize, _>>()?;
-    assert_eq!(
-        index_rows,
-        registry.len(),
-        "the index objects hold every row: {index}"
-    );
+    assert_copy_is_the_registry(copy.path(), sim.registry())?;
 
     let conn = rusqlite::Connection::open(dir.path().join("alldocs.sqlite"))?;
     let uri: String = conn.query_row(
@@ -168,5 +139,40 @@ fn a_missing_bucket_is_refused(
         "{err}"
     );
     assert!(!db.exists(), "nothing written");
+    Ok(())
+}
+
+/// The objects downloaded to `copy` are the registry's documents byte for byte (one over
+/// 8 MiB among them), and the index objects hold every row.
+fn assert_copy_is_the_registry(copy: &std::path::Path, registry: &Registry) -> Result<()> {
+    let mut large = 0;
+    for name in registry.names() {
+        let path = copy.join(format!("packuments/{name}.json"));
+        let body = std::fs::read(&path).with_context(|| format!("{} in S3", path.display()))?;
+        if body.len() > SPILL_BYTES {
+            large += 1;
+        }
+        assert!(
+            Some(body) == registry.document(name, false),
+            "{name} byte for byte"
+        );
+    }
+    assert!(
+        large >= 1,
+        "a document over 8 MiB went through the multipart path"
+    );
+    let index = std::fs::read_to_string(copy.join("index/_40+a.jsonl"))?;
+    let index_rows = ["+_40", "_40+a", "a+m", "m+"]
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(copy.join(format!("index/{p}.jsonl")))
+                .map(|t| t.lines().count())
+        })
+        .sum::<Result<usize, _>>()?;
+    assert_eq!(
+        index_rows,
+        registry.len(),
+        "the index objects hold every row: {index}"
+    );
     Ok(())
 }
