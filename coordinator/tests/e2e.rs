@@ -508,15 +508,7 @@ fn assert_progress_through_reflection(addr: &str, n: u64, bytes: u64) -> anyhow:
 async fn a_checkpoint_of_other_settings_is_refused_and_untouched(
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let sim = SimServer::start(
-        "127.0.0.1:0".parse()?,
-        SimConfig {
-            packages: 50,
-            mean_bytes: 500,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let sim = SimServer::loopback(50, 500).await?;
     let (code, _, err) = run(
         &coordinator(),
         &job_args("run", dir, &sim.url(), &["--pivots", "m"]),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use alldocs_tests::{
     coord::{checkpoint_statuses, job_args, stored_files},
     procs::run,
-    sim::{SimConfig, SimServer},
+    sim::SimServer,
     support::parse_index,
 };
 
@@ -17,15 +17,7 @@ fn coordinator() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_only_requests_no_packument_and_a_later_run_fetches_them() -> anyhow::Result<()> {
-    let sim = SimServer::start(
-        "127.0.0.1:0".parse()?,
-        SimConfig {
-            packages: 600,
-            mean_bytes: 600,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let sim = SimServer::loopback(600, 600).await?;
     let dir = tempfile::tempdir()?;
     let opts = ["--pivots", "@,A,a,m", "--page-size", "50", "--index-only"];
     let (code, out, err) = run(
@@ -84,15 +76,7 @@ async fn index_only_requests_no_packument_and_a_later_run_fetches_them() -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_names_run_fetches_just_those_and_leaves_the_rest_of_the_snapshot_alone(
 ) -> anyhow::Result<()> {
-    let sim = SimServer::start(
-        "127.0.0.1:0".parse()?,
-        SimConfig {
-            packages: 300,
-            mean_bytes: 600,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let sim = SimServer::loopback(300, 600).await?;
     let registry = sim.registry();
     let picked: Vec<String> = registry.names().step_by(50).map(str::to_string).collect();
     assert!(picked.len() >= 4);

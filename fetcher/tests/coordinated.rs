@@ -127,15 +127,7 @@ async fn two_remote_fetchers_share_the_run() -> anyhow::Result<()> {
 /// origin more than 42 requests in any second, and every packument is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_fetchers_share_one_rate_limit() -> anyhow::Result<()> {
-    let sim = SimServer::start(
-        "127.0.0.1:0".parse()?,
-        SimConfig {
-            packages: 240,
-            mean_bytes: 1500,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let sim = SimServer::loopback(240, 1500).await?;
     let (f1, f2) = (fetcher()?, fetcher()?);
     let dir = tempfile::tempdir()?;
     let opts = [
@@ -212,15 +204,7 @@ async fn a_fetcher_killed_mid_run_costs_nothing() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_fetcher_answering_is_a_clear_error_that_spends_no_attempt() -> anyhow::Result<()> {
-    let sim = SimServer::start(
-        "127.0.0.1:0".parse()?,
-        SimConfig {
-            packages: 300,
-            mean_bytes: 1500,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let sim = SimServer::loopback(300, 1500).await?;
     let dead = format!("http://127.0.0.1:{}", free_port()?);
     let dir = tempfile::tempdir()?;
     let opts = ["--pivots", "m", "--fetcher", &dead];

@@ -1408,6 +1408,17 @@ impl std::fmt::Debug for SimServer {
 }
 
 impl SimServer {
+    /// A simulator of `packages` documents of mean `mean_bytes` (otherwise the defaults)
+    /// on a free loopback port.
+    pub async fn loopback(packages: usize, mean_bytes: usize) -> anyhow::Result<SimServer> {
+        let cfg = SimConfig {
+            packages,
+            mean_bytes,
+            ..Default::default()
+        };
+        Self::start("127.0.0.1:0".parse()?, cfg).await
+    }
+
     /// Builds the registry for `cfg`, binds `listen` (port 0 picks a free port) and serves it
     /// on a spawned task.
     pub async fn start(listen: SocketAddr, cfg: SimConfig) -> anyhow::Result<SimServer> {
