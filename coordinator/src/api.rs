@@ -99,6 +99,24 @@ pub fn progress_of(counts: &Counts, state: RunState, stats: &Stats) -> Progress 
         packuments_fetched_this_run: counts.fetched_this_run,
         packuments_rev_mismatch: counts.packuments_rev_mismatch,
         rate_limit_current: stats.rate_limit_current(),
+        packuments_deleted: counts.packuments_deleted,
+        ..feed_progress(&stats.feed())
+    }
+}
+
+/// The feed's part of progress: head, our sequence and the lag (empty and -1 when not
+/// following).
+fn feed_progress(feed: &crate::rates::FeedStatus) -> Progress {
+    let show = |seq: &Option<crate::changes::Seq>| seq.as_ref().map(ToString::to_string);
+    let lag = match (&feed.ours, &feed.head) {
+        (Some(ours), Some(head)) => crate::changes::lag(ours, head).map_or(-1, |l| l as i64),
+        _ => -1,
+    };
+    Progress {
+        feed_head_seq: show(&feed.head).unwrap_or_default(),
+        feed_seq: show(&feed.ours).unwrap_or_default(),
+        feed_lag: lag,
+        ..Default::default()
     }
 }
 
@@ -108,9 +126,11 @@ impl CoordinatorService {
         let counts = self.checkpoint.call(|db| db.counts()).await?;
         // The counts decide (so a RetryFailed shows at once); before the scheduler has
         // looked at the checkpoint, the run is still planning.
-        let state = match *self.state.borrow() {
-            RunState::Planning | RunState::Unspecified => RunState::Planning,
-            _ => state_of(&counts),
+        let state = match (*self.state.borrow(), state_of(&counts)) {
+            (RunState::Planning | RunState::Unspecified, _) => RunState::Planning,
+            // Done, and the feed keeps the snapshot current.
+            (_, RunState::Done) if self.stats.feed().following => RunState::Following,
+            (_, state) => state,
         };
         Ok(progress_of(&counts, state, &self.stats))
     }

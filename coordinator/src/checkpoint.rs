@@ -89,6 +89,8 @@ pub struct Counts {
     pub packuments_rev_mismatch: u64,
     /// Packuments fetched (stored or found missing) in this run, by any process.
     pub fetched_this_run: u64,
+    /// Packuments the feed said were deleted (not in `packuments_total`).
+    pub packuments_deleted: u64,
 }
 
 impl Counts {
@@ -175,10 +177,10 @@ pub enum Work {
 
 /// The database and the run it serves; lives on the checkpoint thread.
 pub struct Db {
-    conn: Connection,
-    run: i64,
+    pub(crate) conn: Connection,
+    pub(crate) run: i64,
     max_attempts: u32,
-    cached: Option<(Instant, Duration, Counts)>,
+    pub(crate) cached: Option<(Instant, Duration, Counts)>,
 }
 
 /// Called once the batch a job ran in is committed, with the commit's outcome.
@@ -202,17 +204,20 @@ impl Checkpoint {
         plan: &[Partition],
         max_attempts: u32,
     ) -> Result<(Self, Opened), CheckpointError> {
-        Self::open_for(path, identity, plan, max_attempts, Mode::Full)
+        Self::open_for(path, identity, plan, max_attempts, Mode::Full, false)
     }
 
     /// [`Checkpoint::open`] for a run of `mode`: a `--names` run starts without putting
     /// the snapshot's partitions and failures back to pending (it leaves them as they are).
+    /// With `follow`, a finished run that follows the feed carries on (the feed keeps it
+    /// current) instead of starting a new one.
     pub fn open_for(
         path: &Path,
         identity: &RunIdentity,
         plan: &[Partition],
         max_attempts: u32,
         mode: Mode,
+        follow: bool,
     ) -> Result<(Self, Opened), CheckpointError> {
         let shown = path.display().to_string();
         let open_err = |source| CheckpointError::Open {
@@ -238,7 +243,7 @@ impl Checkpoint {
             max_attempts: max_attempts.max(1),
             cached: None,
         };
-        let opened = db.start(&shown, identity, plan, mode)?;
+        let opened = db.start(&shown, identity, plan, mode, follow)?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("checkpoint".into())
@@ -337,13 +342,13 @@ impl Db {
         result
     }
 
-    fn meta(&self, key: &str) -> rusqlite::Result<Option<String>> {
+    pub(crate) fn meta(&self, key: &str) -> rusqlite::Result<Option<String>> {
         self.conn
             .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()
     }
 
-    fn set_meta(&self, key: &str, value: &str) -> rusqlite::Result<()> {
+    pub(crate) fn set_meta(&self, key: &str, value: &str) -> rusqlite::Result<()> {
         self.conn.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -381,6 +386,7 @@ impl Db {
         identity: &RunIdentity,
         plan: &[Partition],
         mode: Mode,
+        follow: bool,
     ) -> Result<Opened, CheckpointError> {
         self.check_identity(path, identity)?;
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -397,7 +403,7 @@ impl Db {
                     insert.execute(params![p.name, ord as i64, p.start, p.end])?;
                 }
             }
-            let opened = self.begin_or_resume_run(mode)?;
+            let opened = self.begin_or_resume_run(mode, follow)?;
             self.conn.execute(
                 "UPDATE leases SET ended_ms = ?1, outcome = 'abandoned: coordinator restarted' WHERE ended_ms IS NULL",
                 [alldocs_proto::now_unix_ms()],
@@ -417,28 +423,15 @@ impl Db {
         }
     }
 
-    /// A new run after a finished one (or the first), or carrying on with an unfinished one.
-    fn begin_or_resume_run(&self, mode: Mode) -> rusqlite::Result<Opened> {
+    /// A new run after a finished one (or the first), or carrying on with an unfinished one
+    /// (or, with `follow`, with one the feed keeps current).
+    fn begin_or_resume_run(&self, mode: Mode, follow: bool) -> rusqlite::Result<Opened> {
         let run: i64 = self.meta("run")?.and_then(|r| r.parse().ok()).unwrap_or(0);
         let complete = self.meta("run_complete")?.as_deref() == Some("1");
-        Ok(if run == 0 || complete {
-            // A new run re-indexes everything; packuments are fetched again only if
-            // their revision changed, or they failed.
-            let run = run + 1;
-            let reset = if mode == Mode::Names {
-                // A list of names: the snapshot's partitions and failures stay as they are.
-                ""
-            } else {
-                "UPDATE partitions SET status = 'pending', rows = 0, uri = NULL, attempts = 0,
-                     last_error = NULL, lease_token = NULL;
-                 UPDATE packages SET status = 'pending', attempts = 0, last_error = NULL, lease_token = NULL
-                     WHERE status IN ('failed', 'leased');"
-            };
-            self.conn.execute_batch(reset)?;
-            self.set_meta("run", &run.to_string())?;
-            self.set_meta("run_complete", "0")?;
+        let following = follow && self.meta(crate::follow::SEQ_KEY)?.is_some();
+        Ok(if run == 0 || (complete && !following) {
             Opened {
-                run,
+                run: self.begin_run(run + 1, mode)?,
                 resumed: false,
             }
         } else {
@@ -449,6 +442,24 @@ impl Db {
             )?;
             Opened { run, resumed: true }
         })
+    }
+
+    /// Starts run `run`: it re-indexes everything (but with `--names`); packuments are
+    /// fetched again only if their revision changed, or they failed.
+    pub(crate) fn begin_run(&self, run: i64, mode: Mode) -> rusqlite::Result<i64> {
+        let reset = if mode == Mode::Names {
+            // A list of names: the snapshot's partitions and failures stay as they are.
+            ""
+        } else {
+            "UPDATE partitions SET status = 'pending', rows = 0, uri = NULL, attempts = 0,
+                 last_error = NULL, lease_token = NULL;
+             UPDATE packages SET status = 'pending', attempts = 0, last_error = NULL, lease_token = NULL
+                 WHERE status IN ('failed', 'leased');"
+        };
+        self.conn.execute_batch(reset)?;
+        self.set_meta("run", &run.to_string())?;
+        self.set_meta("run_complete", "0")?;
+        Ok(run)
     }
 
     /// The fencing token for a new lease: strictly increasing for the checkpoint's life.
@@ -759,12 +770,7 @@ impl Db {
     pub fn want(&mut self, names: &[String], plan: &[Partition]) -> rusqlite::Result<()> {
         self.conn.execute("DELETE FROM wanted", [])?;
         for name in names {
-            let partition = plan
-                .iter()
-                .find(|p| {
-                    alldocs_fetcher::keys::in_range(name, p.start.as_deref(), p.end.as_deref())
-                })
-                .map_or("", |p| p.name.as_str());
+            let partition = crate::plan::partition_of(plan, name);
             self.conn
                 .execute("INSERT INTO wanted (name) VALUES (?1)", [name])?;
             self.conn.execute(
@@ -874,8 +880,13 @@ impl Db {
                 let n = n as u64;
                 c.rows_indexed += seen as u64;
                 c.fetched_this_run += fetched as u64;
-                if status == "removed" {
-                    continue;
+                match status.as_str() {
+                    "removed" => continue,
+                    "deleted" => {
+                        c.packuments_deleted = n;
+                        continue;
+                    }
+                    _ => {}
                 }
                 c.packuments_total += n;
                 match status.as_str() {
@@ -899,7 +910,7 @@ impl Db {
         let mut stmt = self.conn.prepare(
             "WITH k AS (
                  SELECT partition,
-                        SUM(status != 'removed') AS total,
+                        SUM(status NOT IN ('removed', 'deleted')) AS total,
                         SUM(status = 'stored') AS stored
                  FROM packages GROUP BY partition
              )

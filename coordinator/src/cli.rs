@@ -108,7 +108,8 @@ pub struct JobArgs {
     /// Leases an item may go through before it is failed.
     #[arg(long, env = "ALLDOCS_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1_000))]
     pub max_attempts: u32,
-    /// Rows per `_all_docs` request (npm allows at most 10,000).
+    /// Rows per `_all_docs` request, and changes per `_changes` request with --follow
+    /// (npm allows at most 10,000).
     #[arg(long, env = "ALLDOCS_PAGE_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub page_size: u32,
     /// Only the index pass (every name and revision, in `index/` and the checkpoint): no
@@ -120,6 +121,18 @@ pub struct JobArgs {
     /// name. Names the registry does not have are `missing`.
     #[arg(long, env = "ALLDOCS_NAMES")]
     pub names: Option<String>,
+    /// `serve` only: once the snapshot is done, keep it current from the replication
+    /// endpoint's `_changes` feed (changed and new packuments fetched, deleted ones marked
+    /// `deleted`). The feed position is kept in the checkpoint: a restart carries on.
+    #[arg(long, env = "ALLDOCS_FOLLOW", conflicts_with = "names")]
+    pub follow: bool,
+    /// With --follow: how long to wait between looks at the feed once caught up.
+    #[arg(long, env = "ALLDOCS_FOLLOW_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub follow_interval: Duration,
+    /// With --follow: remove a deleted package's stored object (by default it is kept and
+    /// the package marked `deleted`).
+    #[arg(long, env = "ALLDOCS_DELETE_OBJECTS", requires = "follow")]
+    pub delete_objects: bool,
     /// Full or abbreviated packuments.
     #[arg(long, env = "ALLDOCS_ACCEPT", value_enum, default_value = "full")]
     pub accept: AcceptArg,

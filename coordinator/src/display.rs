@@ -131,6 +131,7 @@ pub fn state_name(state: i32) -> &'static str {
         RunState::Indexing => "indexing",
         RunState::Fetching => "fetching",
         RunState::Done => "done",
+        RunState::Following => "following",
     }
 }
 
@@ -193,6 +194,7 @@ pub fn table(p: &Progress) -> String {
             ),
         ),
         ("request limit", request_limit(p.rate_limit_current)),
+        ("feed", feed(p)),
         ("leases", format!("{} in flight", p.leases_in_flight)),
         (
             "elapsed",
@@ -203,6 +205,28 @@ pub fn table(p: &Progress) -> String {
     rows.iter()
         .map(|(k, v)| format!("{k:>13}  {v}\n"))
         .collect()
+}
+
+/// Where `serve --follow` is in the feed: `seq 120 of 125 (5 behind), 3 deleted`.
+pub fn feed(p: &Progress) -> String {
+    if p.feed_seq.is_empty() {
+        return "not followed (serve --follow keeps the snapshot current)".into();
+    }
+    let lag = match p.feed_lag {
+        0 => "caught up".to_string(),
+        n if n > 0 => format!("{n} behind"),
+        _ => "lag unknown".to_string(),
+    };
+    format!(
+        "seq {} of {} ({lag}), {} deleted",
+        p.feed_seq,
+        if p.feed_head_seq.is_empty() {
+            "?"
+        } else {
+            &p.feed_head_seq
+        },
+        p.packuments_deleted
+    )
 }
 
 /// The request rate new leases get: `40.0/s`, or `none` without a limit.

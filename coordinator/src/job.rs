@@ -4,7 +4,13 @@
 
 use std::{future::Future, net::SocketAddr, pin::Pin, process::ExitCode, sync::Arc};
 
-use alldocs_fetcher::{grpc, http::redact, npmrc::NpmConfig, store::StoreLocation, FetchService};
+use alldocs_fetcher::{
+    grpc,
+    http::{redact, RetryPolicy},
+    npmrc::{Credentials, NpmConfig},
+    store::{Store, StoreLocation},
+    FetchService,
+};
 use alldocs_proto::v1::{coordinator_server::CoordinatorServer, Accept, RunState};
 use tokio::{
     net::TcpListener,
@@ -14,10 +20,12 @@ use tokio::{
 
 use crate::{
     api::CoordinatorService,
-    checkpoint::{Checkpoint, CheckpointError, Counts, Mode, RunIdentity},
+    changes::Feed,
+    checkpoint::{Checkpoint, CheckpointError, Counts, Mode, Opened, RunIdentity},
     cli::{usage, AcceptArg, JobArgs},
     display,
     fetchers::FetcherHandle,
+    follow::{Caught, FollowSettings, Tail},
     lease::Settings,
     lock::CheckpointLock,
     plan::{self, Partition},
@@ -38,6 +46,8 @@ pub struct Prepared {
     pub identity: RunIdentity,
     pub settings: Settings,
     pub fetchers: Vec<FetcherHandle>,
+    /// Tokens from npm's configuration (each sent only to its own registry URL).
+    pub credentials: Arc<Credentials>,
 }
 
 /// Runs a job until it is done (`run`; or, for `serve`, until `stop`) and returns the exit
@@ -48,6 +58,11 @@ pub async fn job(
     stop: impl Future<Output = ()> + Send,
     listening: Option<oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<ExitCode> {
+    if args.follow && !stay {
+        return Err(usage(
+            "--follow keeps the snapshot current and never finishes: use `coordinator serve --follow` (`run` exits once the snapshot is done)",
+        ));
+    }
     let prepared = prepare(&args)?;
     crate::preflight::check_store(&args.store)
         .await
@@ -64,6 +79,7 @@ pub async fn job(
         &prepared.partitions,
         args.max_attempts,
         prepared.mode,
+        args.follow,
     )
     .map_err(|e| match e {
         CheckpointError::ConfigMismatch { .. }
@@ -84,7 +100,7 @@ pub async fn job(
         db = %args.db.display(), store = %args.store, registry = %redact(&prepared.settings.registry),
         fetchers = prepared.fetchers.len(), "starting"
     );
-    let running = Running::start(args, prepared, checkpoint, listener, local).await;
+    let running = Running::start(args, prepared, checkpoint, listener, local, opened).await?;
     let stop = std::pin::pin!(stop);
     running.drive(stay, stop).await
 }
@@ -110,7 +126,8 @@ pub fn prepare(args: &JobArgs) -> anyhow::Result<Prepared> {
         ));
     };
     let registry = http_url("--registry", &registry)?;
-    let fetchers = fetchers(args, &npm, &registry)?;
+    let credentials = Arc::new(npm.credentials.clone().with_env_token(&registry));
+    let fetchers = fetchers(args, &credentials)?;
     let identity = RunIdentity {
         replicate_origin: origin.clone(),
         registry: registry.clone(),
@@ -134,14 +151,15 @@ pub fn prepare(args: &JobArgs) -> anyhow::Result<Prepared> {
         identity,
         settings: settings(args, origin, registry),
         fetchers,
+        credentials,
     })
 }
 
 /// The in-process fetcher (no `--fetcher`), or one handle per remote one.
-fn fetchers(args: &JobArgs, npm: &NpmConfig, registry: &str) -> anyhow::Result<Vec<FetcherHandle>> {
+fn fetchers(args: &JobArgs, credentials: &Credentials) -> anyhow::Result<Vec<FetcherHandle>> {
     if args.fetchers.is_empty() {
-        let credentials = npm.credentials.clone().with_env_token(registry);
-        return Ok(vec![FetcherHandle::Local(FetchService::new(credentials))]);
+        let local = FetchService::new(credentials.clone());
+        return Ok(vec![FetcherHandle::Local(local)]);
     }
     if args.store.starts_with("memory://") {
         return Err(usage(
@@ -198,6 +216,9 @@ struct Running {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     retried: Arc<Notify>,
     local: SocketAddr,
+    opened: Opened,
+    /// `serve --follow`: the feed that keeps the snapshot current.
+    tail: Option<Arc<Tail>>,
 }
 
 type Stop<'a> = Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>;
@@ -209,7 +230,8 @@ impl Running {
         checkpoint: Checkpoint,
         listener: TcpListener,
         local: SocketAddr,
-    ) -> Self {
+        opened: Opened,
+    ) -> anyhow::Result<Self> {
         let stats = Arc::new(Stats::default());
         let retried = Arc::new(Notify::new());
         let (state_tx, state_rx) = watch::channel(RunState::Planning);
@@ -220,32 +242,73 @@ impl Running {
             state: state_rx,
         };
         let server = tokio::spawn(serve_api(service.clone(), listener).await);
+        let plan = Arc::new(prepared.partitions.clone());
+        let (origin, credentials) = (
+            prepared.settings.replicate_origin.clone(),
+            prepared.credentials.clone(),
+        );
+        let policy = RetryPolicy {
+            max_retries: args.max_retries,
+            base: args.retry_base,
+            ..RetryPolicy::default()
+        };
         let scheduler = Arc::new(
             Scheduler::new(
-                checkpoint,
+                checkpoint.clone(),
                 prepared.fetchers,
                 prepared.settings,
-                stats,
+                stats.clone(),
                 state_tx,
             )
             .mode(prepared.mode),
         );
-        Self {
+        let tail = match args.follow {
+            false => None,
+            true => Some(Arc::new(Tail {
+                checkpoint,
+                feed: Feed::new(&origin, credentials, policy),
+                plan,
+                budget: scheduler.budget.clone(),
+                stats,
+                store: match args.delete_objects {
+                    true => Some(Store::open(&args.store)?),
+                    false => None,
+                },
+                settings: FollowSettings {
+                    interval: args.follow_interval,
+                    page_size: args.page_size,
+                    batch: u64::from(args.lease_size) * u64::from(args.max_in_flight),
+                    delete_objects: args.delete_objects,
+                },
+            })),
+        };
+        Ok(Self {
             args,
             service,
             scheduler,
             server,
             retried,
             local,
-        }
+            opened,
+            tail,
+        })
     }
 
     async fn drive(mut self, stay: bool, mut stop: Stop<'_>) -> anyhow::Result<ExitCode> {
+        if let Some(tail) = &self.tail {
+            tail.begin(self.opened).await?;
+        }
+        let mut summarized = false;
         loop {
             if self.run_once(stop.as_mut()).await?.is_none() {
                 return Ok(self.interrupted());
             }
-            let failed = self.summarize().await?;
+            // Following, the snapshot is summarized once; later batches are logged.
+            let failed = match (&self.tail, summarized) {
+                (Some(_), true) => 0,
+                _ => self.summarize().await?,
+            };
+            summarized = true;
             if !stay {
                 self.server.abort();
                 return Ok(if failed == 0 {
@@ -254,8 +317,43 @@ impl Running {
                     ExitCode::FAILURE
                 });
             }
-            if !self.await_retry(stop.as_mut()).await? {
+            let again = match self.tail.clone() {
+                Some(tail) => self.follow(&tail, stop.as_mut()).await?,
+                None => self.await_retry(stop.as_mut()).await?,
+            };
+            if !again {
                 return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+
+    /// `serve --follow` with nothing to lease: reads the feed until it brings work (or
+    /// RetryFailed does). Returns whether to run the scheduler again. A feed that cannot
+    /// be read is tried again after the interval; a checkpoint that cannot be written
+    /// stops the job.
+    async fn follow(&mut self, tail: &Tail, mut stop: Stop<'_>) -> anyhow::Result<bool> {
+        loop {
+            let caught = tokio::select! {
+                caught = tail.catch_up() => caught,
+                _ = stop.as_mut() => return Ok(stopped_following(tail)),
+            };
+            match caught {
+                Ok(Caught::Pending(_) | Caught::Reset) => return Ok(true),
+                Ok(Caught::Current) => {}
+                Err(e) if e.downcast_ref::<CheckpointError>().is_some() => return Err(e),
+                Err(e) => tracing::warn!(
+                    error = %e, retry_in = %humantime::format_duration(tail.settings.interval),
+                    "reading the _changes feed failed; trying again"
+                ),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(tail.settings.interval) => {}
+                _ = self.retried.notified() => return Ok(true),
+                _ = stop.as_mut() => return Ok(stopped_following(tail)),
+                r = &mut self.server => {
+                    r??;
+                    return Ok(false);
+                }
             }
         }
     }
@@ -364,6 +462,20 @@ impl Running {
         );
         Ok(failed)
     }
+}
+
+/// Says where following stopped; returns `false` (do not run again).
+fn stopped_following(tail: &Tail) -> bool {
+    let seq = tail
+        .stats
+        .feed()
+        .ours
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    eprintln!(
+        "stopped following at feed sequence {seq}; the checkpoint keeps it: `coordinator serve --follow` with the same --db carries on from there"
+    );
+    false
 }
 
 /// The coordinator's gRPC server: the API, health, and reflection v1 and v1alpha.

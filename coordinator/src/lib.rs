@@ -4,11 +4,13 @@
 
 pub mod api;
 pub mod budget;
+pub mod changes;
 pub mod checkpoint;
 pub mod cli;
 pub mod display;
 pub mod export;
 pub mod fetchers;
+pub mod follow;
 pub mod health;
 pub mod job;
 pub mod lease;

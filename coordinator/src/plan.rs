@@ -54,6 +54,14 @@ pub fn validate(pivots: &[String]) -> Result<(), PlanError> {
     Ok(())
 }
 
+/// The partition of `plan` whose half-open range holds `name` (`""` if none does, which a
+/// plan made by [`partitions`] rules out).
+pub fn partition_of<'a>(plan: &'a [Partition], name: &str) -> &'a str {
+    plan.iter()
+        .find(|p| alldocs_fetcher::keys::in_range(name, p.start.as_deref(), p.end.as_deref()))
+        .map_or("", |p| p.name.as_str())
+}
+
 /// The built-in pivots: everything before digits, digits, `@` scopes (each initial
 /// letter cut in four), uppercase legacy names, then lowercase names, each initial
 /// letter cut in six where npm is dense. About 270 partitions of ~20,000 names each

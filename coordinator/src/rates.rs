@@ -20,7 +20,18 @@ pub struct Stats {
     pub in_flight: AtomicUsize,
     /// The run's request budget, once a scheduler made it.
     pub budget: OnceLock<Arc<crate::budget::Budget>>,
+    /// Where `serve --follow` is in the `_changes` feed.
+    pub feed: Mutex<FeedStatus>,
     samples: Mutex<VecDeque<Sample>>,
+}
+
+/// Where `serve --follow` is: the feed's head as last read, and the sequence the
+/// checkpoint has applied every change up to.
+#[derive(Clone, Debug, Default)]
+pub struct FeedStatus {
+    pub following: bool,
+    pub head: Option<crate::changes::Seq>,
+    pub ours: Option<crate::changes::Seq>,
 }
 
 #[derive(Clone, Copy)]
@@ -43,6 +54,16 @@ pub struct Rates {
 const WINDOW: Duration = Duration::from_secs(30);
 
 impl Stats {
+    /// Where following is now.
+    pub fn feed(&self) -> FeedStatus {
+        self.feed.lock().expect("feed").clone()
+    }
+
+    /// Updates where following is.
+    pub fn set_feed(&self, update: impl FnOnce(&mut FeedStatus)) {
+        update(&mut self.feed.lock().expect("feed"));
+    }
+
     /// Starts the clock (once; a rerun after RetryFailed keeps the first start).
     pub fn start(&self) {
         self.started

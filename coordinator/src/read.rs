@@ -13,9 +13,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::cli::usage;
 
-/// The names in the index as of the last index pass: every status but `removed` (a name
-/// the registry's `_all_docs` no longer lists).
-pub const LIVE: &str = "status != 'removed'";
+/// The names in the index as of the last index pass (and, with `serve --follow`, the feed
+/// after it): every status but `removed` (a name the registry's `_all_docs` no longer
+/// lists) and `deleted` (one the `_changes` feed said was deleted).
+pub const LIVE: &str = "status NOT IN ('removed', 'deleted')";
 
 #[derive(Args, Debug)]
 pub struct DbArg {
@@ -146,7 +147,7 @@ pub async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         let conn = open(&args.db.db)?;
         let state: Option<(String, Option<String>)> = conn
             .query_row(
-                &format!("SELECT status, last_error FROM packages WHERE name = ?1 AND {LIVE}"),
+                "SELECT status, last_error FROM packages WHERE name = ?1",
                 [name],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -184,6 +185,11 @@ fn not_stored(name: &str, status: &str, last_error: Option<String>) -> String {
             "`{name}` is missing: the registry listed it but answered {} for its packument; \
              nothing to show (the next `coordinator run` on this --db asks again)",
             last_error.as_deref().unwrap_or("not found")
+        ),
+        "removed" | "deleted" => format!(
+            "`{name}` is not in the snapshot: the registry {} it; \
+             its last stored object, if any, is kept in the store unless `serve --follow --delete-objects` removed it",
+            if status == "removed" { "no longer lists" } else { "deleted (the _changes feed said so)" }
         ),
         "failed" => format!(
             "`{name}` failed to fetch ({}); rerun `coordinator run` on this --db to retry it",

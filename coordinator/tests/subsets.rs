@@ -219,3 +219,60 @@ fn nightly_names_run_on_a_full_snapshot(
     );
     Ok(())
 }
+
+/// A list of names against the CouchDB peer (the registry is pouchdb-server, through a
+/// proxy that counts requests): the listed ones are stored as served, a scoped one too, an
+/// unknown name is `missing`, and nothing else is asked for (no index pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_names_run_against_the_couchdb_peer_marks_an_unknown_name_missing() -> anyhow::Result<()>
+{
+    use alldocs_tests::{fixtures::tiny_doc, pouch::PouchServer, proxy::CountingProxy};
+    let peer = PouchServer::start().await?;
+    let all = ["express", "lodash", "react", "@types/node", "left-pad"];
+    peer.load(all.iter().map(|n| tiny_doc(n)).collect()).await?;
+    let proxy = CountingProxy::start(&peer.db_url()).await?;
+    let dir = tempfile::tempdir()?;
+    let list = dir.path().join("packages.txt");
+    std::fs::write(
+        &list,
+        "# ours\nexpress\nreact@^18\n@types/node\nnot-published-anywhere\n",
+    )?;
+    let names = format!("@{}", list.display());
+    let (code, out, err) = run(
+        &coordinator(),
+        &job_args("run", dir.path(), &proxy.url(), &["--names", &names]),
+        &[],
+    )?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("names: 4 listed: 3 stored, 1 missing"),
+        "{out}"
+    );
+    let files = stored_files(&dir.path().join("data"));
+    for name in ["express", "react", "@types/node"] {
+        let served = reqwest::get(format!("{}/{}", peer.db_url(), name.replace('/', "%2f")))
+            .await?
+            .bytes()
+            .await?;
+        assert_eq!(
+            files.get(name).map(Vec::as_slice),
+            Some(&served[..]),
+            "{name}"
+        );
+    }
+    assert_eq!(files.len(), 3);
+    let statuses = checkpoint_statuses(&dir.path().join("alldocs.sqlite"));
+    assert_eq!(statuses["not-published-anywhere"], "missing");
+    let asked: Vec<String> = proxy.counts().into_keys().collect();
+    assert_eq!(
+        asked,
+        [
+            "/@types/node",
+            "/express",
+            "/not-published-anywhere",
+            "/react"
+        ],
+        "only the listed packuments, no _all_docs"
+    );
+    Ok(())
+}

@@ -99,7 +99,7 @@ impl FetchError {
         }
     }
 
-    pub(crate) fn transport(url: &str, err: &reqwest::Error) -> Self {
+    pub fn transport(url: &str, err: &reqwest::Error) -> Self {
         // reqwest's Display names the URL; describe the cause without it.
         let mut message = describe(err).to_string();
         let mut source = std::error::Error::source(err);

@@ -7,6 +7,7 @@ pub mod hostile_origin;
 pub mod hostile_registry;
 pub mod pouch;
 pub mod procs;
+pub mod proxy;
 pub mod py;
 pub mod s3;
 pub mod sim;

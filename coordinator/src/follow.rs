@@ -1,0 +1,331 @@
+//! `serve --follow`: after the snapshot, the `_changes` feed keeps it current. Each page of
+//! changes and the sequence after it are committed in one checkpoint transaction, so a
+//! restart neither misses a change nor applies one twice; changed and new packages go back
+//! to pending (the scheduler refetches them), deleted ones are marked `deleted`.
+
+use std::{sync::Arc, time::Duration};
+
+use alldocs_fetcher::{pace::Pace, store::Store};
+use rusqlite::params;
+
+use crate::{
+    budget::Budget,
+    changes::{is_reset, Change, Feed, FeedError, Seq},
+    checkpoint::{Checkpoint, Db, Mode, Opened},
+    plan::{partition_of, Partition},
+    rates::Stats,
+};
+
+/// The checkpoint's `meta` key holding the feed sequence every change up to which is
+/// applied.
+pub const SEQ_KEY: &str = "follow_seq";
+
+/// What one page did to the checkpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Packages now pending (new, or their revision changed).
+    pub pending: u64,
+    /// Packages now marked deleted.
+    pub deleted: u64,
+}
+
+impl Db {
+    /// The sequence the checkpoint has applied the feed up to, if it follows one.
+    pub fn follow_seq(&self) -> rusqlite::Result<Option<Seq>> {
+        Ok(self.meta(SEQ_KEY)?.map(Seq::new))
+    }
+
+    /// Starts following at `head`, read before any partition of this run is indexed (so
+    /// every change the index pass may miss is in the feed after it). Partitions an
+    /// earlier, unfollowed attempt of this run already indexed are indexed again.
+    pub fn start_following(&mut self, head: &Seq, reindex: bool) -> rusqlite::Result<()> {
+        if reindex {
+            self.conn.execute(
+                "UPDATE partitions SET status = 'pending', rows = 0, uri = NULL, attempts = 0,
+                     last_error = NULL, lease_token = NULL WHERE status != 'pending'",
+                [],
+            )?;
+            self.set_run_complete(false)?;
+        }
+        self.set_meta(SEQ_KEY, head.as_str())?;
+        self.cached = None;
+        Ok(())
+    }
+
+    /// Of `names`, those whose packument is stored (their objects, for `--delete-objects`).
+    pub fn stored_among(&self, names: &[String]) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM packages WHERE name = ?1 AND status = 'stored'")?;
+        let mut stored = Vec::new();
+        for name in names {
+            if stmt.exists([name])? {
+                stored.push(name.clone());
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Applies one page of the feed and records `seq` after it, in the caller's
+    /// transaction. A new package, or one whose revision differs from the stored one, goes
+    /// to pending (fresh attempts); a deleted one is marked `deleted` (its object's URI
+    /// cleared when `objects_removed`).
+    pub fn apply_changes(
+        &mut self,
+        changes: &[Change],
+        plan: &[Partition],
+        seq: &Seq,
+        objects_removed: bool,
+    ) -> rusqlite::Result<Applied> {
+        let mut applied = Applied::default();
+        for change in changes {
+            if change.deleted {
+                applied.deleted += self.mark_deleted(change, objects_removed)? as u64;
+            } else {
+                applied.pending += u64::from(self.mark_changed(change, plan)?);
+            }
+        }
+        self.set_meta(SEQ_KEY, seq.as_str())?;
+        if applied.pending > 0 {
+            self.set_run_complete(false)?;
+        }
+        self.cached = None;
+        Ok(applied)
+    }
+
+    fn mark_deleted(&self, change: &Change, objects_removed: bool) -> rusqlite::Result<usize> {
+        self.conn
+            .prepare_cached(
+                "UPDATE packages SET status = 'deleted', indexed_rev = ?2, lease_token = NULL,
+                     last_error = NULL, attempts = 0, seen_run = ?3,
+                     uri = CASE WHEN ?4 THEN NULL ELSE uri END
+                 WHERE name = ?1 AND status != 'deleted'",
+            )?
+            .execute(params![change.name, change.rev, self.run, objects_removed])
+    }
+
+    /// Returns whether the package is now pending.
+    fn mark_changed(&self, change: &Change, plan: &[Partition]) -> rusqlite::Result<bool> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO packages (name, partition, indexed_rev, status, seen_run)
+                     VALUES (?1, ?2, ?3, 'pending', ?4)
+                 ON CONFLICT(name) DO UPDATE SET
+                     partition = excluded.partition, indexed_rev = excluded.indexed_rev,
+                     seen_run = excluded.seen_run,
+                     status = CASE WHEN status IN ('stored', 'missing')
+                                   AND stored_rev IS excluded.indexed_rev
+                              THEN status ELSE 'pending' END,
+                     attempts = CASE WHEN status IN ('stored', 'missing')
+                                     AND stored_rev IS excluded.indexed_rev
+                                THEN attempts ELSE 0 END,
+                     last_error = NULL, lease_token = NULL",
+            )?
+            .execute(params![
+                change.name,
+                partition_of(plan, &change.name),
+                change.rev,
+                self.run
+            ])?;
+        self.conn
+            .prepare_cached("SELECT status = 'pending' FROM packages WHERE name = ?1")?
+            .query_row([&change.name], |r| r.get(0))
+    }
+
+    /// The feed was reset under us: a new run indexes everything again (packuments whose
+    /// revision is unchanged are not fetched again), following from the new `head`.
+    pub fn restart_after_reset(&mut self, head: &Seq) -> rusqlite::Result<i64> {
+        let run = self.begin_run(self.run + 1, Mode::Full)?;
+        self.run = run;
+        self.set_meta(SEQ_KEY, head.as_str())?;
+        self.cached = None;
+        Ok(run)
+    }
+}
+
+/// How following is configured.
+#[derive(Clone, Debug)]
+pub struct FollowSettings {
+    /// How long to wait between looks at the feed once caught up.
+    pub interval: Duration,
+    /// Changes asked for per request.
+    pub page_size: u32,
+    /// Pending packuments at which catching up pauses to fetch them.
+    pub batch: u64,
+    /// Remove a deleted package's object (else it is kept).
+    pub delete_objects: bool,
+}
+
+/// What catching up found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caught {
+    /// Nothing to fetch: the feed had no change that needs a packument.
+    Current,
+    /// This many packuments wait to be fetched.
+    Pending(u64),
+    /// The feed was reset: a new run re-indexes everything.
+    Reset,
+}
+
+/// Reads the feed into the checkpoint.
+pub struct Tail {
+    pub checkpoint: Checkpoint,
+    pub feed: Feed,
+    pub plan: Arc<Vec<Partition>>,
+    pub budget: Arc<Budget>,
+    pub stats: Arc<Stats>,
+    pub store: Option<Store>,
+    pub settings: FollowSettings,
+}
+
+impl Tail {
+    /// Before the first lease: resumes at the recorded sequence, or records the feed's head
+    /// as where following starts (before any partition is indexed).
+    pub async fn begin(&self, opened: Opened) -> anyhow::Result<()> {
+        let recorded = self.checkpoint.call(|db| db.follow_seq()).await?;
+        let ours = match recorded {
+            Some(seq) => seq,
+            None => {
+                let head = self.feed.head(self.pace()).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "--follow: cannot read the feed's position from --replicate-origin ({e}); check that it is a CouchDB-compatible replication endpoint this machine can reach"
+                    )
+                })?;
+                let (at, reindex) = (head.clone(), opened.resumed);
+                self.checkpoint
+                    .call(move |db| db.start_following(&at, reindex))
+                    .await?;
+                tracing::info!(seq = %head, reindex, "following the feed from its head");
+                head
+            }
+        };
+        self.stats.set_feed(|f| {
+            f.following = true;
+            f.ours = Some(ours);
+        });
+        Ok(())
+    }
+
+    /// Applies the feed up to its head, or until [`FollowSettings::batch`] packuments wait.
+    pub async fn catch_up(&self) -> anyhow::Result<Caught> {
+        let head = self.feed.head(self.pace()).await?;
+        self.stats.set_feed(|f| f.head = Some(head.clone()));
+        let mut ours = self.ours();
+        if is_reset(&ours, &head) {
+            return self.reset(&ours, head).await;
+        }
+        let mut pending = 0;
+        loop {
+            let page = match self
+                .feed
+                .page(&ours, self.settings.page_size, self.pace())
+                .await
+            {
+                Err(FeedError::SinceRefused { .. }) => {
+                    let head = self.feed.head(self.pace()).await?;
+                    return self.reset(&ours, head).await;
+                }
+                other => other?,
+            };
+            if page.rows == 0 {
+                return Ok(caught(pending));
+            }
+            if page.last_seq == ours {
+                tracing::warn!(seq = %ours, rows = page.rows, "the feed answered changes without moving on; trying again later");
+                return Ok(caught(pending));
+            }
+            let applied = self.apply(page.changes, page.last_seq.clone()).await?;
+            pending += applied.pending;
+            tracing::info!(
+                seq = %page.last_seq, changes = page.rows, skipped = page.skipped,
+                pending = applied.pending, deleted = applied.deleted, "applied changes"
+            );
+            ours = page.last_seq;
+            self.stats.set_feed(|f| f.ours = Some(ours.clone()));
+            if page.rows < self.settings.page_size as usize || pending >= self.settings.batch {
+                return Ok(caught(pending));
+            }
+        }
+    }
+
+    /// Removes deleted packages' objects if asked to, then commits the page and `seq`
+    /// together. (Removing first: a crash in between applies the page again, and removing
+    /// again is harmless.)
+    async fn apply(&self, changes: Vec<Change>, seq: Seq) -> anyhow::Result<Applied> {
+        let removing = self.store.is_some();
+        if let Some(store) = &self.store {
+            let deleted: Vec<String> = changes
+                .iter()
+                .filter(|c| c.deleted)
+                .map(|c| c.name.clone())
+                .collect();
+            let stored = self
+                .checkpoint
+                .call(move |db| db.stored_among(&deleted))
+                .await?;
+            for name in stored {
+                remove_object(store, &name).await?;
+            }
+        }
+        let plan = self.plan.clone();
+        Ok(self
+            .checkpoint
+            .call(move |db| db.apply_changes(&changes, &plan, &seq, removing))
+            .await?)
+    }
+
+    async fn reset(&self, ours: &Seq, head: Seq) -> anyhow::Result<Caught> {
+        tracing::warn!(
+            ours = %ours, head = %head,
+            "the feed was reset (its head is behind the position we applied, or it refused it): indexing everything again; packuments whose revision is unchanged are not fetched again"
+        );
+        let at = head.clone();
+        let run = self
+            .checkpoint
+            .call(move |db| db.restart_after_reset(&at))
+            .await?;
+        tracing::info!(run, seq = %head, "new run after the feed reset");
+        self.stats.set_feed(|f| f.ours = Some(head));
+        Ok(Caught::Reset)
+    }
+
+    fn ours(&self) -> Seq {
+        self.stats.feed().ours.unwrap_or_else(|| Seq::new("0"))
+    }
+
+    /// The pace of a feed request: a slot of the run's grid (the scheduler is idle while
+    /// the feed is read, so one is free), like any lease's requests.
+    fn pace(&self) -> Pace {
+        let Some(slot) = self.budget.take_slot() else {
+            return Pace::Rate(self.budget.current().max(1.0) / 8.0);
+        };
+        let pace = self.budget.pace(&slot);
+        let lease = alldocs_proto::v1::Lease {
+            rate_limit: pace.rate,
+            rate_grid_period_us: pace.period_us,
+            rate_grid_phase_us: pace.phase_us,
+            ..Default::default()
+        };
+        Pace::of_lease(&lease)
+    }
+}
+
+fn caught(pending: u64) -> Caught {
+    if pending == 0 {
+        Caught::Current
+    } else {
+        Caught::Pending(pending)
+    }
+}
+
+/// Removes the stored object of `name`; one already gone is no error.
+async fn remove_object(store: &Store, name: &str) -> anyhow::Result<()> {
+    let path = alldocs_fetcher::store::packument_path(name);
+    match store.object_store().delete(&path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!(
+            "--delete-objects: removing {} failed: {e}",
+            store.uri(&path)
+        )),
+    }
+}
