@@ -25,6 +25,9 @@ pub struct CoordinatorService {
     /// Told when RetryFailed put work back, so a finished `serve` runs again.
     pub retried: Arc<Notify>,
     pub state: watch::Receiver<RunState>,
+    /// What the run does: with `--index-only` or `--names` it is done when its own work
+    /// is, though other packages of the snapshot may wait.
+    pub mode: crate::checkpoint::Mode,
 }
 
 /// Waits until the next progress is due: the interval has passed, or the run's state is
@@ -124,13 +127,24 @@ impl CoordinatorService {
     /// The current progress.
     pub async fn progress(&self) -> Result<Progress, CheckpointError> {
         let counts = self.checkpoint.call(|db| db.counts()).await?;
-        // The counts decide (so a RetryFailed shows at once); before the scheduler has
-        // looked at the checkpoint, the run is still planning.
-        let state = match (*self.state.borrow(), state_of(&counts)) {
-            (RunState::Planning | RunState::Unspecified, _) => RunState::Planning,
-            // Done, and the feed keeps the snapshot current.
-            (_, RunState::Done) if self.stats.feed().following => RunState::Following,
-            (_, state) => state,
+        // Before the scheduler has looked at the checkpoint, the run is still planning.
+        // Then the counts decide (so a RetryFailed shows at once), but for a run whose own
+        // work (the index, or a list of names) the scheduler found done.
+        let watched = *self.state.borrow();
+        let state = match state_of(&counts) {
+            _ if matches!(watched, RunState::Planning | RunState::Unspecified) => {
+                RunState::Planning
+            }
+            RunState::Done => RunState::Done,
+            _ if watched == RunState::Done && self.mode != crate::checkpoint::Mode::Full => {
+                RunState::Done
+            }
+            state => state,
+        };
+        // Done, and the feed keeps the snapshot current.
+        let state = match state {
+            RunState::Done if self.stats.feed().following => RunState::Following,
+            state => state,
         };
         Ok(progress_of(&counts, state, &self.stats))
     }

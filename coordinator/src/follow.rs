@@ -183,25 +183,28 @@ impl Tail {
     /// as where following starts (before any partition is indexed).
     pub async fn begin(&self, opened: Opened) -> anyhow::Result<()> {
         let recorded = self.checkpoint.call(|db| db.follow_seq()).await?;
-        let ours = match recorded {
-            Some(seq) => seq,
-            None => {
-                let head = self.feed.head(self.pace()).await.map_err(|e| {
-                    anyhow::anyhow!(
-                        "--follow: cannot read the feed's position from --replicate-origin ({e}); check that it is a CouchDB-compatible replication endpoint this machine can reach"
-                    )
-                })?;
+        let head = self.feed.head(self.pace()).await;
+        let ours = match (recorded, &head) {
+            (Some(seq), _) => seq,
+            (None, Ok(head)) => {
                 let (at, reindex) = (head.clone(), opened.resumed);
                 self.checkpoint
                     .call(move |db| db.start_following(&at, reindex))
                     .await?;
                 tracing::info!(seq = %head, reindex, "following the feed from its head");
-                head
+                head.clone()
             }
+            (None, Err(e)) => anyhow::bail!(
+                "--follow: cannot read the feed's position from --replicate-origin ({e}); check that it is a CouchDB-compatible replication endpoint this machine can reach"
+            ),
         };
+        if let Err(e) = &head {
+            tracing::warn!(error = %e, "cannot read the feed's head now; following carries on from the recorded sequence");
+        }
         self.stats.set_feed(|f| {
             f.following = true;
             f.ours = Some(ours);
+            f.head = head.ok();
         });
         Ok(())
     }

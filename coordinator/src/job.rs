@@ -240,6 +240,7 @@ impl Running {
             stats: stats.clone(),
             retried: retried.clone(),
             state: state_rx,
+            mode: prepared.mode,
         };
         let server = tokio::spawn(serve_api(service.clone(), listener).await);
         let plan = Arc::new(prepared.partitions.clone());

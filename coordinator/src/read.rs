@@ -187,9 +187,13 @@ fn not_stored(name: &str, status: &str, last_error: Option<String>) -> String {
             last_error.as_deref().unwrap_or("not found")
         ),
         "removed" | "deleted" => format!(
-            "`{name}` is not in the snapshot: the registry {} it; \
-             its last stored object, if any, is kept in the store unless `serve --follow --delete-objects` removed it",
-            if status == "removed" { "no longer lists" } else { "deleted (the _changes feed said so)" }
+            "`{name}` is not in the snapshot: {}; its last stored object, if any, is kept in \
+             the store unless `serve --follow --delete-objects` removed it",
+            if status == "removed" {
+                "the registry's index no longer lists it"
+            } else {
+                "the _changes feed said it was deleted"
+            }
         ),
         "failed" => format!(
             "`{name}` failed to fetch ({}); rerun `coordinator run` on this --db to retry it",
