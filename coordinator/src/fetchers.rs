@@ -107,6 +107,8 @@ impl FetcherHandle {
             .keep_alive_while_idle(true);
         if parsed.scheme() == "https" {
             endpoint = with_tls(endpoint, url)?;
+        } else if !matches!(options.auth, Auth::None) && !is_loopback(&parsed) {
+            tracing::warn!(fetcher = %url, "credentials go to this fetcher over plain http; anyone on the way can read them: use https://");
         }
         // Each lazily connected channel is its own HTTP/2 connection.
         let clients = (0..options.connections.max(1))
@@ -220,6 +222,15 @@ impl Remote {
     }
 }
 
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
 /// TLS with the system's trust roots, or the bundled webpki roots where the system has
 /// none.
 fn with_tls(endpoint: Endpoint, url: &str) -> anyhow::Result<Endpoint> {
@@ -234,5 +245,43 @@ fn with_tls(endpoint: Endpoint, url: &str) -> anyhow::Result<Endpoint> {
                 .tls_config(ClientTlsConfig::new().with_webpki_roots())
                 .map_err(|e| anyhow::anyhow!("TLS for --fetcher {url}: {e}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_audience_is_the_service_url_and_bad_urls_name_the_flag() {
+        for (url, audience) in [
+            ("https://svc-abc.a.run.app", "https://svc-abc.a.run.app"),
+            ("https://svc-abc.a.run.app/", "https://svc-abc.a.run.app"),
+            ("https://svc.example:443", "https://svc.example"),
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ] {
+            let handle = FetcherHandle::remote(url).expect(url);
+            assert_eq!(handle.audience(), Some(audience), "{url}");
+            assert_eq!(handle.name(), url);
+        }
+        for bad in ["127.0.0.1:8080", "ftp://x", "https://"] {
+            let err = FetcherHandle::remote(bad).err().expect(bad).to_string();
+            assert!(err.contains("--fetcher"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_url_gets_the_connections_asked_for() {
+        let options = RemoteOptions {
+            connections: 3,
+            auth: Auth::Token("t".into()),
+        };
+        let FetcherHandle::Remote(remote) =
+            FetcherHandle::remote_with("http://127.0.0.1:1", &options).unwrap()
+        else {
+            panic!("remote");
+        };
+        assert_eq!(remote.clients.len(), 3);
+        assert_eq!(remote.auth.mode(), "token");
     }
 }

@@ -66,7 +66,7 @@ async fn the_fetcher_token_reaches_every_lease_and_never_the_output() -> anyhow:
     let dir = tempfile::tempdir()?;
     let out = run_coordinator(
         args(dir.path(), &sim, &fetcher),
-        envs(&[("ALLDOCS_FETCHER_TOKEN", TOKEN), ("RUST_LOG", "debug")]),
+        envs(&[("ALLDOCS_FETCHER_TOKEN", TOKEN), ("RUST_LOG", "trace")]),
     )
     .await?;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -93,7 +93,7 @@ async fn a_refused_token_stops_the_run_at_once_and_the_same_command_carries_on(
     let args = args(dir.path(), &sim, &fetcher);
 
     let wrong = "not-the-fetcher-token-88e1";
-    let env = envs(&[("ALLDOCS_FETCHER_TOKEN", wrong), ("RUST_LOG", "debug")]);
+    let env = envs(&[("ALLDOCS_FETCHER_TOKEN", wrong), ("RUST_LOG", "trace")]);
     let out = run_coordinator(args.clone(), env).await?;
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(

@@ -76,7 +76,7 @@ async fn one_id_token_from_the_metadata_server_serves_every_lease() -> anyhow::R
         args(dir.path(), &sim, &fetcher, "4"),
         envs(&[
             ("GCE_METADATA_HOST", &metadata.host()),
-            ("RUST_LOG", "debug"),
+            ("RUST_LOG", "trace"),
         ]),
     )
     .await?;
@@ -218,7 +218,7 @@ async fn a_service_account_key_signs_for_an_id_token_and_a_wrong_key_stops_at_th
     let env = envs(&[
         ("GOOGLE_APPLICATION_CREDENTIALS", &right),
         ("GCE_METADATA_HOST", &no_metadata),
-        ("RUST_LOG", "debug"),
+        ("RUST_LOG", "trace"),
     ]);
     let out = run_coordinator(args(dir.path(), &sim, &fetcher, "4"), env).await?;
     assert_eq!(out.code, 0, "{}", out.stderr);
