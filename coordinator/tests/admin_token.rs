@@ -5,9 +5,15 @@
 
 mod fleet;
 
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, ChildStdout, Command, Stdio},
+};
+
 use alldocs_tests::{
     coord::job_args,
-    procs::{run, Listening},
+    procs::run,
     py::{python_env, reflect_call, reflect_list},
     sim::SimServer,
 };
@@ -24,14 +30,56 @@ fn status(addr: &str, token: Option<&str>) -> anyhow::Result<(i32, String, Strin
     run(&coordinator(), &args, &envs)
 }
 
+/// `coordinator serve` with the admin token and trace-level logs written to `log`; killed
+/// when dropped.
+struct Serve {
+    child: Child,
+    addr: String,
+    /// Kept open: the coordinator prints its summary there when the run is done.
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Serve {
+    fn start(args: &[String], log: &Path) -> anyhow::Result<Self> {
+        let mut child = Command::new(coordinator())
+            .args(args)
+            .env("ALLDOCS_ADMIN_TOKEN", ADMIN)
+            .env("RUST_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()?;
+        let mut line = String::new();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("coordinator listening on ")
+            .ok_or_else(|| anyhow::anyhow!("first line: {line:?}"))?
+            .to_string();
+        Ok(Self {
+            child,
+            addr,
+            _stdout: stdout,
+        })
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_token_guards_the_api_but_not_health_or_reflection() -> anyhow::Result<()> {
     let sim = SimServer::loopback(40, 500).await?;
     let dir = tempfile::tempdir()?;
-    let serve = Listening::start(
-        &coordinator(),
+    let log = dir.path().join("serve.log");
+    let serve = Serve::start(
         &job_args("serve", dir.path(), &sim.url(), &["--pivots", "m"]),
-        &[("ALLDOCS_ADMIN_TOKEN", ADMIN)],
+        &log,
     )?;
     let addr = serve.addr.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
@@ -70,6 +118,21 @@ async fn the_admin_token_guards_the_api_but_not_health_or_reflection() -> anyhow
         Ok(())
     })
     .await??;
+    drop(serve);
+    // The coordinator's own logs, at trace level, over all of the above.
+    let logged = std::fs::read_to_string(&log)?;
+    assert!(
+        logged.contains("TRACE"),
+        "the scan ran over trace-level logs"
+    );
+    assert!(
+        !logged.contains(ADMIN),
+        "the admin token leaked into the logs"
+    );
+    assert!(
+        !logged.contains("admin-token-wrong"),
+        "a presented token leaked into the logs"
+    );
     Ok(())
 }
 
