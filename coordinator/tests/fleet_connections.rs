@@ -111,3 +111,30 @@ async fn a_saturated_fetcher_rests_as_asked_and_its_leases_cost_no_attempt() -> 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_exhausted_with_retry_after_rests_the_url_that_long_at_no_attempt(
+) -> anyhow::Result<()> {
+    let sim = SimServer::loopback(PACKAGES, 500).await?;
+    let fetcher = GuardedFetcher::start(Gate {
+        exhausted_first: 2,
+        ..Gate::open()
+    })
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let extra = ["--max-in-flight", "1", "--max-attempts", "1"];
+    let out = run_coordinator(args(dir.path(), &sim, &fetcher, &extra), envs(&[])).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_complete(dir.path());
+    let calls = fetcher.calls();
+    let refused: Vec<_> = calls.iter().filter_map(|c| c.refused).collect();
+    assert_eq!(refused, vec![Code::ResourceExhausted; 2]);
+    for pair in calls[..3].windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_secs(1),
+            "retry-after: 1 honoured, not {gap:?}"
+        );
+    }
+    Ok(())
+}

@@ -83,6 +83,9 @@ pub struct Gate {
     /// The first this-many calls are answered `UNAVAILABLE` with a 50 ms retry hint (a
     /// saturated service).
     pub unavailable_first: usize,
+    /// Then the next this-many calls are answered `RESOURCE_EXHAUSTED` with
+    /// `retry-after: 1` (seconds).
+    pub exhausted_first: usize,
     /// Every call that passed is answered with this instead (an allow-list refusal).
     pub deny: Option<(Code, String)>,
 }
@@ -93,6 +96,7 @@ impl Gate {
             check: Check::Open,
             reject_first: 0,
             unavailable_first: 0,
+            exhausted_first: 0,
             deny: None,
         }
     }
@@ -180,6 +184,12 @@ fn judge(
         status
             .metadata_mut()
             .insert("grpc-retry-pushback-ms", "50".parse().unwrap());
+        Err(status)
+    } else if calls.len() < gate.unavailable_first + gate.exhausted_first {
+        let mut status = Status::resource_exhausted("quota exceeded (scripted)");
+        status
+            .metadata_mut()
+            .insert("retry-after", "1".parse().unwrap());
         Err(status)
     } else if passed_before < gate.reject_first {
         Err(Status::unauthenticated(
