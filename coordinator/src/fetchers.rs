@@ -178,14 +178,16 @@ impl Remote {
     /// Sends the lease on the next connection; with ID tokens, a refused token is
     /// replaced and the lease sent once more.
     async fn fetch(&self, lease: Lease) -> Result<Events, Status> {
-        let first = self.send(lease.clone()).await;
-        match (&self.auth, first) {
-            (Auth::Google(tokens), Err(status)) if status.code() == Code::Unauthenticated => {
+        let Auth::Google(tokens) = &self.auth else {
+            return self.send(lease).await;
+        };
+        match self.send(lease.clone()).await {
+            Err(status) if status.code() == Code::Unauthenticated => {
                 tracing::info!(fetcher = %self.url, "the fetcher refused the ID token; minting a new one and trying once more");
                 tokens.invalidate(&self.audience).await;
                 self.send(lease).await
             }
-            (_, result) => result,
+            result => result,
         }
     }
 

@@ -250,7 +250,6 @@ impl Scheduler {
             Err(_) => LeaseEnd::counted("lease deadline passed without an answer from the fetcher"),
         };
         let (outcome, count) = (end.outcome.clone(), end.count_attempt);
-
         let returned = self
             .checkpoint
             .call(move |db| db.end_lease(token, &outcome, count))

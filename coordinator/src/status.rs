@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use alldocs_proto::v1::{
     coordinator_client::CoordinatorClient, GetProgressRequest, ListFailuresRequest,
 };
-
 use tonic::{transport::Channel, Code, Status};
 
 use crate::{
