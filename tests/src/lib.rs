@@ -8,6 +8,7 @@ pub mod hostile_registry;
 pub mod pouch;
 pub mod procs;
 pub mod py;
+pub mod recording;
 pub mod s3;
 pub mod sim;
 pub mod support;
