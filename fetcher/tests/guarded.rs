@@ -109,6 +109,10 @@ async fn fetch_needs_the_bearer_token_and_the_token_is_never_logged() -> anyhow:
         "the refusals are logged: {log}"
     );
     assert!(
+        log.contains("lease finished"),
+        "debug lines are in the scan: {log}"
+    );
+    assert!(
         !log.contains(TOKEN) && !ended.stdout.contains(TOKEN),
         "the token leaked: {log}"
     );
