@@ -9,6 +9,7 @@ pub mod pouch;
 pub mod procs;
 pub mod proxy;
 pub mod py;
+pub mod recording;
 pub mod s3;
 pub mod sim;
 pub mod support;
