@@ -17,7 +17,7 @@ use alldocs_tests::{
     coord::{job_args, wait_done},
     gcs::{GcsObject, GcsServer, GcsStats},
     hostile_registry::{HostileRegistry, STALL},
-    procs::{run, Listening},
+    procs::{free_port, run, Listening},
     sim::{Registry, SimConfig, SimServer},
 };
 use anyhow::{Context, Result};
@@ -208,6 +208,45 @@ fn assert_checkpoint_uris_name_the_objects(db: &Path, registry: &Registry) -> Re
     for (name, uri) in uris {
         assert_eq!(uri, format!("{STORE}/{}", packument_path(&name)), "{name}");
     }
+    Ok(())
+}
+
+/// With no Google credentials at all (no key, no application default credentials, and a
+/// metadata server that does not answer: here a closed loopback port), a gs:// store is
+/// refused before anything is written, saying where credentials come from.
+#[test]
+fn without_google_credentials_a_gs_store_is_refused_saying_where_they_come_from() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let closed = format!("127.0.0.1:{}", free_port()?);
+    let mut job = job_args(
+        "run",
+        dir.path(),
+        "http://127.0.0.1:9/",
+        &["--store", "gs://snapshots/npm"],
+    );
+    job.remove(0);
+    let out = std::process::Command::new(coordinator())
+        .arg("run")
+        .args(&job)
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("GCE_METADATA_HOST", &closed)
+        .env("GCE_METADATA_IP", &closed)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--store gs://snapshots/npm cannot be used")
+            && err.contains("No Google credentials could be had")
+            && err.contains("GOOGLE_APPLICATION_CREDENTIALS"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("alldocs.sqlite").exists(),
+        "nothing written"
+    );
     Ok(())
 }
 
