@@ -3,6 +3,7 @@
 
 pub mod coord;
 pub mod fixtures;
+pub mod gcs;
 pub mod hostile_origin;
 pub mod hostile_registry;
 pub mod pouch;
