@@ -55,6 +55,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let startup = prepare(&args, env("PORT"), env(TOKEN_ENV), npm.registry.clone())?;
     let listener = grpc::bind(startup.addr).await?;
     let local = listener.local_addr()?;
+    let stop = telemetry::shutdown_signal();
     tracing::info!(
         addr = %local, tokens = !npm.credentials.is_empty(),
         caller_token = startup.options.auth.requires_token(), exposed = startup.exposed,
@@ -65,7 +66,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("fetcher listening on {local}");
     let service = FetchService::new(npm.credentials).with_policy(startup.policy);
     grpc::serve_fetcher_with(listener, service, startup.options, async {
-        telemetry::shutdown_signal().await;
+        stop.await;
         tracing::info!("shutting down: ending running leases cleanly");
     })
     .await
