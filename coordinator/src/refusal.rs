@@ -36,7 +36,9 @@ pub fn refused_end(ctx: &Context, status: &Status) -> LeaseEnd {
             status.message()
         )),
         Code::Unauthenticated => LeaseEnd::stop(unauthenticated(ctx, status)),
-        Code::PermissionDenied if is_http_refusal(status) => {
+        // Cloud Run's IAM check in front of the fetcher: 401 without an identity, 403
+        // for one that may not invoke the service.
+        _ if matches!(http_status(status), Some(401 | 403)) => {
             LeaseEnd::stop(unauthenticated(ctx, status))
         }
         Code::PermissionDenied => LeaseEnd::stop(permission_denied(ctx, status)),
@@ -53,10 +55,18 @@ pub fn refused_end(ctx: &Context, status: &Status) -> LeaseEnd {
     }
 }
 
-/// A refusal made by the HTTP layer in front of the fetcher (Cloud Run's IAM check), not
-/// by the fetcher itself: tonic reports those as `HTTP status code NNN`.
-fn is_http_refusal(status: &Status) -> bool {
-    status.message().starts_with("HTTP status code")
+/// The HTTP status of an answer made by the HTTP layer in front of the fetcher (Cloud
+/// Run's IAM check), not by the fetcher itself. tonic reports it as `… mapped from HTTP
+/// status code 403` when the body is empty, and as `… while receiving response with
+/// status: 403 Forbidden` when it is a page (Cloud Run's HTML), under another code.
+fn http_status(status: &Status) -> Option<u16> {
+    let said = status.message();
+    ["HTTP status code ", "response with status: "]
+        .iter()
+        .find_map(|marker| {
+            let at = said.find(marker)? + marker.len();
+            said[at..].get(..3)?.parse().ok()
+        })
 }
 
 /// The fetcher (or Cloud Run in front of it) did not accept the coordinator's identity.

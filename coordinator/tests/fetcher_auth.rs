@@ -192,3 +192,61 @@ async fn token_mode_without_the_token_is_refused_before_anything_is_written() ->
     assert!(fetcher.calls().is_empty());
     Ok(())
 }
+
+/// What Cloud Run's IAM check answers a caller it refuses: a plain HTTP 403 (or 401) with
+/// an HTML page, no gRPC status. Served here by an HTTP/2 front on loopback.
+async fn iam_front(status: u16) -> anyhow::Result<String> {
+    use http_body_util::Full;
+    use hyper::server::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    let page = "<html><head><title>403 Forbidden</title></head><body><h1>Error: Forbidden</h1><h2>Your client does not have permission to get URL from this server.</h2></body></html>";
+                    hyper::Response::builder()
+                        .status(status)
+                        .header("content-type", "text/html; charset=UTF-8")
+                        .body(Full::new(bytes::Bytes::from(page)))
+                });
+                let _ = http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(url)
+}
+
+/// A Cloud Run service whose IAM check refuses the coordinator (403 for an identity without
+/// roles/run.invoker, 401 for none) stops the run at once saying what to set (here: the
+/// token was sent where IAM decides, so --fetcher-auth google), charging nothing, instead
+/// of resting the fetcher until the run gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_run_iam_refusal_stops_the_run_saying_what_to_grant() -> anyhow::Result<()> {
+    let sim = SimServer::loopback(PACKAGES, 600).await?;
+    let says = "refused the coordinator's ALLDOCS_FETCHER_TOKEN";
+    for status in [403, 401] {
+        let front = iam_front(status).await?;
+        let dir = tempfile::tempdir()?;
+        let args = job_args(
+            "run",
+            dir.path(),
+            &sim.url(),
+            &["--pivots", "m", "--fetcher", &front],
+        );
+        let out = run_coordinator(args, envs(&[("ALLDOCS_FETCHER_TOKEN", TOKEN)])).await?;
+        assert_eq!(out.code, 1, "HTTP {status}: {}", out.all());
+        assert!(out.stderr.contains(says), "HTTP {status}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("--fetcher-auth google"),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.all().contains(TOKEN));
+        assert_untouched(dir.path());
+    }
+    Ok(())
+}
