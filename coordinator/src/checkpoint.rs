@@ -745,6 +745,21 @@ impl Db {
         Ok(returned as u64)
     }
 
+    /// Gives back the work of every lease still open, with no attempt counted, and ends
+    /// those leases with `outcome`: for a run that stops while leases are in flight.
+    pub fn release_open_leases(&mut self, outcome: &str) -> rusqlite::Result<()> {
+        self.conn.execute_batch(
+            "UPDATE partitions SET status = 'pending', lease_token = NULL WHERE status = 'leased';
+             UPDATE packages SET status = 'pending', lease_token = NULL WHERE status = 'leased';",
+        )?;
+        self.conn.execute(
+            "UPDATE leases SET ended_ms = ?1, outcome = ?2 WHERE ended_ms IS NULL",
+            params![alldocs_proto::now_unix_ms(), outcome],
+        )?;
+        self.cached = None;
+        Ok(())
+    }
+
     /// Whether anything is pending or leased (exact, and cheap on a large checkpoint).
     /// Only the partitions count with `--index-only` (packuments are not fetched), only
     /// the wanted names with `--names` (partitions are not indexed).

@@ -92,9 +92,28 @@ impl Scheduler {
     pub async fn run(self: Arc<Self>) -> anyhow::Result<Counts> {
         self.stats.start();
         let mut tasks: Leases = JoinSet::new();
+        let result = self.clone().lease_until_done(&mut tasks).await;
+        if let Err(e) = &result {
+            // The run stops: the leases still in flight end here, and their work goes back
+            // (no attempt counted) so the checkpoint shows nothing leased.
+            tasks.shutdown().await;
+            let outcome = format!("the run stopped: {e:#}");
+            if let Err(e) = self
+                .checkpoint
+                .call(move |db| db.release_open_leases(&outcome))
+                .await
+            {
+                tracing::warn!(error = %e, "could not give back the leases in flight; the next start does");
+            }
+        }
+        result
+    }
+
+    /// The lease loop of [`Scheduler::run`].
+    async fn lease_until_done(self: Arc<Self>, tasks: &mut Leases) -> anyhow::Result<Counts> {
         let mut cursor = 0usize;
         loop {
-            self.fill(&mut tasks, &mut cursor).await?;
+            self.fill(tasks, &mut cursor).await?;
             let open = self.publish_state().await?;
             if tasks.is_empty() && !open {
                 let counts = self
@@ -109,7 +128,7 @@ impl Scheduler {
             if tasks.is_empty() {
                 self.fetchers.check_reachable()?;
             }
-            self.wait(&mut tasks).await?;
+            self.wait(tasks).await?;
         }
     }
 
@@ -178,8 +197,7 @@ impl Scheduler {
     /// Waits for a lease to end, for a resting fetcher to be askable again, or (open work
     /// but nothing leasable and nothing in flight, which cannot last) a moment. A lease
     /// whose events the checkpoint could not commit, or whose fetcher refused the
-    /// coordinator, stops the run (the other leases are dropped with the task set; their
-    /// work is pending again at the next start).
+    /// coordinator, stops the run (the other leases end and their work goes back).
     async fn wait(&self, tasks: &mut Leases) -> anyhow::Result<()> {
         let resting = self.fetchers.all_resting_until();
         tokio::select! {
