@@ -39,8 +39,8 @@ for tool in podman runc debootstrap; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  die "needs ${missing[*]}, which is not installed. On Debian or Ubuntu, as root:
-    apt-get install -y podman runc buildah debootstrap uidmap"
+  die "needs podman, runc and debootstrap; not installed here: ${missing[*]}. On Debian or Ubuntu, as root:
+    apt-get install -y --no-install-recommends podman runc buildah debootstrap uidmap fuse-overlayfs"
 fi
 [ "$(id -u)" -eq 0 ] || die "needs root (debootstrap, and podman building and running as root): run it as root, e.g. sudo $0"
 if [ -n "$binary" ] && [ ! -x "$binary" ]; then
