@@ -130,6 +130,11 @@ impl Budget {
         state.base
     }
 
+    /// How many slots the grid has (`--max-in-flight`).
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
     /// Takes a free slot for a lease; `None` if every slot is held.
     pub fn take_slot(self: &Arc<Self>) -> Option<Slot> {
         let mut state = self.state.lock().expect("budget");

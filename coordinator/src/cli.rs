@@ -48,6 +48,17 @@ pub enum AcceptArg {
     Abbreviated,
 }
 
+/// How the coordinator proves who it is to remote fetchers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FetcherAuthArg {
+    /// Nothing.
+    None,
+    /// `authorization: Bearer $ALLDOCS_FETCHER_TOKEN`.
+    Token,
+    /// Google-signed ID tokens, audience = the fetcher's URL (Cloud Run with IAM).
+    Google,
+}
+
 #[derive(Args, Debug)]
 pub struct JobArgs {
     /// The SQLite checkpoint; carrying on after a stop or crash means passing the same one.
@@ -77,6 +88,16 @@ pub struct JobArgs {
     /// A remote fetcher's URL (repeatable, or comma-separated in ALLDOCS_FETCHER). None: in-process.
     #[arg(long = "fetcher", env = "ALLDOCS_FETCHER", value_delimiter = ',')]
     pub fetchers: Vec<String>,
+    /// How to authenticate to remote fetchers: `token` sends ALLDOCS_FETCHER_TOKEN as a
+    /// bearer token, `google` a Google-signed ID token whose audience is the fetcher's URL
+    /// (from the metadata server, or GOOGLE_APPLICATION_CREDENTIALS). Default: `token` if
+    /// ALLDOCS_FETCHER_TOKEN is set, else `none`.
+    #[arg(long, env = "ALLDOCS_FETCHER_AUTH", value_enum)]
+    pub fetcher_auth: Option<FetcherAuthArg>,
+    /// HTTP/2 connections to each remote fetcher URL; leases go round robin over them, so
+    /// a load balancer such as Cloud Run's spreads them over instances.
+    #[arg(long, env = "ALLDOCS_FETCHER_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub fetcher_connections: u32,
     /// Leases in flight at once.
     #[arg(long, env = "ALLDOCS_MAX_IN_FLIGHT", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_in_flight: u32,

@@ -299,15 +299,21 @@ impl Tail {
     /// The pace of a feed request: a slot of the run's grid (the scheduler is idle while
     /// the feed is read, so one is free), like any lease's requests.
     fn pace(&self) -> Pace {
-        let Some(slot) = self.budget.take_slot() else {
-            return Pace::Rate(self.budget.current().max(1.0) / 8.0);
-        };
-        let pace = self.budget.pace(&slot);
-        let lease = alldocs_proto::v1::Lease {
-            rate_limit: pace.rate,
-            rate_grid_period_us: pace.period_us,
-            rate_grid_phase_us: pace.phase_us,
-            ..Default::default()
+        let lease = match self.budget.take_slot() {
+            Some(slot) => {
+                let pace = self.budget.pace(&slot);
+                alldocs_proto::v1::Lease {
+                    rate_limit: pace.rate,
+                    rate_grid_period_us: pace.period_us,
+                    rate_grid_phase_us: pace.phase_us,
+                    ..Default::default()
+                }
+            }
+            // Every slot held (not while the scheduler is idle): one slot's share of the rate.
+            None => alldocs_proto::v1::Lease {
+                rate_limit: self.budget.current() / self.budget.slots().max(1) as f64,
+                ..Default::default()
+            },
         };
         Pace::of_lease(&lease)
     }

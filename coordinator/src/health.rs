@@ -58,21 +58,23 @@ impl FetcherPool {
             .inspect(|&i| *cursor = i + 1)
     }
 
-    /// Records how a fetcher answered: `Some(error)` when it could not be reached, which
-    /// rests it; `None` when it answered, which clears its record.
-    pub fn record(&self, index: usize, unreachable: Option<String>) {
+    /// Records how a fetcher answered: `Some((error, hint))` when it could not be reached
+    /// or was saturated, which rests it (for the fetcher's own retry hint if it gave one,
+    /// else a rest that doubles); `None` when it answered, which clears its record.
+    pub fn record(&self, index: usize, unreachable: Option<(String, Option<Duration>)>) {
         let mut health = self.health.lock().expect("health");
         let h = &mut health[index];
-        let Some(error) = unreachable else {
+        let Some((error, hint)) = unreachable else {
             *h = Health::default();
             return;
         };
         h.failures += 1;
-        let rest = self
-            .base_rest
-            .saturating_mul(1 << (h.failures - 1).min(16))
-            .min(MAX_REST);
-        tracing::warn!(fetcher = self.fetchers[index].name(), %error, rest = ?rest, "fetcher unreachable; resting it");
+        let rest = hint.unwrap_or_else(|| {
+            self.base_rest
+                .saturating_mul(1 << (h.failures - 1).min(16))
+                .min(MAX_REST)
+        });
+        tracing::warn!(fetcher = self.fetchers[index].name(), %error, rest = ?rest, "fetcher unreachable or saturated; resting it (its leases go back without an attempt counted)");
         h.until = Some(Instant::now() + rest);
         h.last_error = error;
     }

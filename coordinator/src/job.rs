@@ -19,19 +19,24 @@ use tokio::{
 };
 
 use crate::{
+    admin::{self, AdminGuard},
     api::CoordinatorService,
     changes::Feed,
     checkpoint::{Checkpoint, CheckpointError, Counts, Mode, Opened, RunIdentity},
-    cli::{usage, AcceptArg, JobArgs},
+    cli::{usage, AcceptArg, FetcherAuthArg, JobArgs},
     display,
-    fetchers::FetcherHandle,
+    fetchers::{Auth, FetcherHandle, RemoteOptions},
     follow::{Caught, FollowSettings, Tail},
+    idtoken::IdTokens,
     lease::Settings,
     lock::CheckpointLock,
     plan::{self, Partition},
     rates::Stats,
     scheduler::Scheduler,
 };
+
+/// The variable holding the token remote fetchers require (`--fetcher-auth token`).
+pub const FETCHER_TOKEN_ENV: &str = "ALLDOCS_FETCHER_TOKEN";
 
 /// How long past a lease's deadline a fetcher has to say it stopped.
 const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -64,6 +69,13 @@ pub async fn job(
         ));
     }
     let prepared = prepare(&args)?;
+    // A credential that cannot be had stops the job before anything is written.
+    for fetcher in &prepared.fetchers {
+        fetcher
+            .authenticate()
+            .await
+            .map_err(|e| usage(format!("{e:#}")))?;
+    }
     crate::preflight::check_store(&args.store)
         .await
         .map_err(usage)?;
@@ -107,6 +119,7 @@ pub async fn job(
 
 /// Checks every option and builds what the job needs; writes nothing.
 pub fn prepare(args: &JobArgs) -> anyhow::Result<Prepared> {
+    admin::check_listen(args.listen, admin::admin_token().as_deref()).map_err(usage)?;
     StoreLocation::parse(&args.store).map_err(|e| usage(format!("--store: {e}")))?;
     let pivots = match &args.pivots {
         Some(p) => plan::parse_pivots(p).map_err(|e| usage(format!("--pivots: {e}")))?,
@@ -166,10 +179,42 @@ fn fetchers(args: &JobArgs, credentials: &Credentials) -> anyhow::Result<Vec<Fet
             "--store memory:// lives inside one process; remote --fetcher processes cannot write to it. Use gs://, s3:// or a shared directory",
         ));
     }
+    let options = RemoteOptions {
+        connections: args.fetcher_connections as usize,
+        auth: fetcher_auth(args.fetcher_auth)?,
+    };
     args.fetchers
         .iter()
-        .map(|u| FetcherHandle::remote(u).map_err(|e| usage(e.to_string())))
+        .map(|u| FetcherHandle::remote_with(u, &options).map_err(|e| usage(e.to_string())))
         .collect()
+}
+
+/// How to authenticate to remote fetchers: `--fetcher-auth`, by default `token` when
+/// `ALLDOCS_FETCHER_TOKEN` is set.
+fn fetcher_auth(mode: Option<FetcherAuthArg>) -> anyhow::Result<Auth> {
+    let token = std::env::var(FETCHER_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty());
+    let mode = mode.unwrap_or(if token.is_some() {
+        FetcherAuthArg::Token
+    } else {
+        FetcherAuthArg::None
+    });
+    Ok(match (mode, token) {
+        (FetcherAuthArg::None, _) => Auth::None,
+        (FetcherAuthArg::Token, Some(token)) => {
+            admin::bearer(&token).map_err(|e| usage(format!("{FETCHER_TOKEN_ENV}: {e}")))?;
+            Auth::Token(token.into())
+        }
+        (FetcherAuthArg::Token, None) => {
+            return Err(usage(format!(
+                "--fetcher-auth token sends {FETCHER_TOKEN_ENV}, which is not set: set it to the fetchers' {FETCHER_TOKEN_ENV}, or choose --fetcher-auth none or google"
+            )))
+        }
+        (FetcherAuthArg::Google, _) => Auth::Google(Arc::new(
+            IdTokens::from_env().map_err(|e| usage(e.to_string()))?,
+        )),
+    })
 }
 
 fn settings(args: &JobArgs, replicate_origin: String, registry: String) -> Settings {
@@ -242,7 +287,8 @@ impl Running {
             state: state_rx,
             mode: prepared.mode,
         };
-        let server = tokio::spawn(serve_api(service.clone(), listener).await);
+        let guard = AdminGuard::new(admin::admin_token().as_deref());
+        let server = tokio::spawn(serve_api(service.clone(), guard, listener).await);
         let plan = Arc::new(prepared.partitions.clone());
         let (origin, credentials) = (
             prepared.settings.replicate_origin.clone(),
@@ -479,9 +525,11 @@ fn stopped_following(tail: &Tail) -> bool {
     false
 }
 
-/// The coordinator's gRPC server: the API, health, and reflection v1 and v1alpha.
+/// The coordinator's gRPC server: the API (behind the admin token, if one is set),
+/// health, and reflection v1 and v1alpha (always open).
 async fn serve_api(
     service: CoordinatorService,
+    guard: AdminGuard,
     listener: TcpListener,
 ) -> impl Future<Output = Result<(), tonic::transport::Error>> {
     let (refl_v1, refl_v1alpha) = grpc::reflection();
@@ -490,6 +538,6 @@ async fn serve_api(
         .add_service(health)
         .add_service(refl_v1)
         .add_service(refl_v1alpha)
-        .add_service(CoordinatorServer::new(service))
+        .add_service(CoordinatorServer::with_interceptor(service, guard))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
 }

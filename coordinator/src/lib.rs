@@ -2,6 +2,7 @@
 //! scheduler that leases work to fetchers, and the gRPC API. The `coordinator` binary is
 //! a thin shell over [`cli`]; tests drive the same pieces directly.
 
+pub mod admin;
 pub mod api;
 pub mod budget;
 pub mod changes;
@@ -12,6 +13,7 @@ pub mod export;
 pub mod fetchers;
 pub mod follow;
 pub mod health;
+pub mod idtoken;
 pub mod job;
 pub mod lease;
 pub mod list;
@@ -21,6 +23,7 @@ pub mod plan;
 pub mod preflight;
 pub mod rates;
 pub mod read;
+pub mod refusal;
 pub mod scheduler;
 pub mod schema;
 pub mod status;

@@ -21,7 +21,23 @@ pub async fn check_store(url: &str) -> Result<(), String> {
             check_writable_and_case_sensitive(&dir).map_err(|e| format!("--store: {e}"))
         }
         StoreLocation::Memory(_) => Ok(()),
-        StoreLocation::Gcs { .. } | StoreLocation::S3 { .. } => check_bucket(url).await,
+        StoreLocation::Gcs { .. } => check_bucket(url).await.map_err(|e| with_google_hint(&e)),
+        StoreLocation::S3 { .. } => check_bucket(url).await,
+    }
+}
+
+/// For gs://, an error that came from getting a token (not from the bucket) says where
+/// Google credentials come from: object_store reports it only as a failed token request,
+/// usually to a metadata server that exists on Google Cloud alone.
+fn with_google_hint(error: &str) -> String {
+    if error.contains("token request") {
+        format!(
+            "{error}. No Google credentials could be had: on Google Cloud the metadata server \
+             did not give a token; elsewhere set GOOGLE_APPLICATION_CREDENTIALS to a service \
+             account key file, or run `gcloud auth application-default login`"
+        )
+    } else {
+        error.to_string()
     }
 }
 

@@ -19,11 +19,12 @@ use crate::{
     health::FetcherPool,
     lease::Settings,
     rates::Stats,
-    stream::{Follower, LeaseEnd},
+    stream::{Follower, LeaseEnd, Verdict},
 };
 
-/// The leases in flight: each ends in an error only if the checkpoint failed.
-type Leases = JoinSet<Result<(), CheckpointError>>;
+/// The leases in flight: each ends in an error only if the checkpoint failed or a
+/// fetcher refused the coordinator itself.
+type Leases = JoinSet<anyhow::Result<()>>;
 
 /// Work just leased: its fencing token, what it is, and when it is due.
 #[derive(Clone, Debug)]
@@ -139,7 +140,14 @@ impl Scheduler {
                     this.index_running.fetch_sub(1, Ordering::Relaxed);
                 }
                 this.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-                this.fetchers.record(f, ended?);
+                let end = ended?;
+                match end.verdict {
+                    Verdict::Stop => anyhow::bail!("{}", end.outcome),
+                    Verdict::Unreachable { retry_after } => {
+                        this.fetchers.record(f, Some((end.outcome, retry_after)))
+                    }
+                    Verdict::Answered => this.fetchers.record(f, None),
+                }
                 Ok(())
             });
         }
@@ -169,9 +177,10 @@ impl Scheduler {
 
     /// Waits for a lease to end, for a resting fetcher to be askable again, or (open work
     /// but nothing leasable and nothing in flight, which cannot last) a moment. A lease
-    /// whose events the checkpoint could not commit stops the run (the other leases are
-    /// dropped with the task set; their work is pending again at the next start).
-    async fn wait(&self, tasks: &mut Leases) -> Result<(), CheckpointError> {
+    /// whose events the checkpoint could not commit, or whose fetcher refused the
+    /// coordinator, stops the run (the other leases are dropped with the task set; their
+    /// work is pending again at the next start).
+    async fn wait(&self, tasks: &mut Leases) -> anyhow::Result<()> {
         let resting = self.fetchers.all_resting_until();
         tokio::select! {
             joined = tasks.join_next(), if !tasks.is_empty() => match joined {
@@ -214,14 +223,14 @@ impl Scheduler {
             .await
     }
 
-    /// Runs one lease to its end and gives back whatever it did not finish. Returns the
-    /// error if the fetcher could not be reached at all.
+    /// Runs one lease to its end, gives back whatever it did not finish, and returns how
+    /// it ended.
     async fn run_lease(
         &self,
         fetcher: &FetcherHandle,
         picked: Picked,
         slot: &Slot,
-    ) -> Result<Option<String>, CheckpointError> {
+    ) -> Result<LeaseEnd, CheckpointError> {
         let token = picked.token;
         let pace = self.budget.pace(slot);
         let lease = self
@@ -254,7 +263,7 @@ impl Scheduler {
                 "lease ended early; its unfinished work goes back to pending"
             );
         }
-        Ok(end.unreachable.then_some(end.outcome))
+        Ok(end)
     }
 }
 

@@ -13,7 +13,10 @@ use crate::checkpoint::CheckpointError;
 ///   revision of the document actually stored (its own `_rev`), NULL for a missing one;
 ///   URLs in `meta` carry no credentials.
 /// - 3: `wanted`, the names a `--names` run fetches (a new table: nothing to migrate).
-pub const VERSION: i64 = 3;
+/// - 4: `serve --follow`: `meta.follow_seq` (the feed position applied) and the package
+///   status `deleted`, which an older coordinator would take for pending (nothing to
+///   migrate; an older coordinator refuses the file).
+pub const VERSION: i64 = 4;
 
 /// The tables and indexes of [`VERSION`].
 const SCHEMA: &str = "

@@ -5,8 +5,13 @@ use std::process::ExitCode;
 use alldocs_proto::v1::{
     coordinator_client::CoordinatorClient, GetProgressRequest, ListFailuresRequest,
 };
+use tonic::{transport::Channel, Code, Status};
 
-use crate::{cli::StatusArgs, display};
+use crate::{
+    admin::{self, SendBearer, ADMIN_TOKEN_ENV},
+    cli::{usage, StatusArgs},
+    display,
+};
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let url = if args.addr.contains("://") {
@@ -14,13 +19,22 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         format!("http://{}", args.addr)
     };
-    let mut client = CoordinatorClient::connect(url.clone()).await.map_err(|e| {
-        anyhow::anyhow!("cannot reach a coordinator at {url}: {e}; is `coordinator serve` running there? Pass --addr HOST:PORT")
-    })?;
+    let channel = Channel::from_shared(url.clone())
+        .map_err(|e| usage(format!("--addr `{url}` is not an address ({e}); give HOST:PORT")))?
+        .connect()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot reach a coordinator at {url}: {e}; is `coordinator serve` running there? Pass --addr HOST:PORT")
+        })?;
+    let token = match admin::admin_token() {
+        Some(t) => Some(admin::bearer(&t).map_err(|e| usage(format!("{ADMIN_TOKEN_ENV}: {e}")))?),
+        None => None,
+    };
+    let mut client = CoordinatorClient::with_interceptor(channel, SendBearer(token));
     let progress = client
         .get_progress(GetProgressRequest {})
         .await
-        .map_err(|s| anyhow::anyhow!("GetProgress from {url} failed: {}", s.message()))?
+        .map_err(|s| refused("GetProgress", &url, &s))?
         .into_inner();
     if args.json {
         println!(
@@ -37,7 +51,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             })
             .await
-            .map_err(|s| anyhow::anyhow!("ListFailures from {url} failed: {}", s.message()))?
+            .map_err(|s| refused("ListFailures", &url, &s))?
             .into_inner();
         println!(
             "\nfailures ({} in all, first {}):",
@@ -49,4 +63,20 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A failed call; a refused admin token is the user's to fix (exit 2).
+fn refused(call: &str, url: &str, status: &Status) -> anyhow::Error {
+    if status.code() == Code::Unauthenticated {
+        let sent = if admin::admin_token().is_some() {
+            format!("the {ADMIN_TOKEN_ENV} set here is not the coordinator's")
+        } else {
+            format!("{ADMIN_TOKEN_ENV} is not set here")
+        };
+        return usage(format!(
+            "the coordinator at {url} requires its admin token and {sent}: set {ADMIN_TOKEN_ENV} to the value the coordinator was started with ({})",
+            status.message()
+        ));
+    }
+    anyhow::anyhow!("{call} from {url} failed: {}", status.message())
 }

@@ -1,17 +1,18 @@
 //! Following one lease's event stream: drain what has arrived into a batch, commit it as
 //! one checkpoint call, and classify how the stream ended.
 
-use std::sync::atomic::Ordering;
+use std::{sync::atomic::Ordering, time::Duration};
 
 use alldocs_proto::v1::{fetch_event::Event, FetchEvent, LeaseSummary};
 use futures::{stream::BoxStream, FutureExt, StreamExt};
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::{
     budget::Budget,
     checkpoint::{Checkpoint, CheckpointError},
     fetchers::FetcherHandle,
     rates::Stats,
+    refusal::{refused_end, Context},
 };
 
 /// The most events committed in one checkpoint call.
@@ -20,15 +21,27 @@ pub const MAX_BATCH: usize = 1024;
 /// A lease's event stream, as both kinds of fetcher return it.
 pub type EventStream = BoxStream<'static, Result<FetchEvent, Status>>;
 
+/// What a lease's end says about the fetcher.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// It answered (whatever became of the work).
+    Answered,
+    /// It could not be reached or is saturated: rest it (for `retry_after`, if it said).
+    Unreachable { retry_after: Option<Duration> },
+    /// It refused the coordinator itself (its identity, its store or origins): stop the
+    /// run, since every other lease would be refused alike.
+    Stop,
+}
+
 /// How a lease ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseEnd {
     pub outcome: String,
     /// Whether the unfinished items' attempts count: not when the fetcher could not be
-    /// reached or was told to stop, which says nothing about the items.
+    /// reached, was told to stop, or refused the coordinator, which says nothing about
+    /// the items.
     pub count_attempt: bool,
-    /// The fetcher did not answer at all.
-    pub unreachable: bool,
+    pub verdict: Verdict,
 }
 
 impl LeaseEnd {
@@ -36,21 +49,28 @@ impl LeaseEnd {
         Self {
             outcome: outcome.into(),
             count_attempt: true,
-            unreachable: false,
+            verdict: Verdict::Answered,
         }
     }
     pub fn uncounted(outcome: impl Into<String>) -> Self {
         Self {
             outcome: outcome.into(),
             count_attempt: false,
-            unreachable: false,
+            verdict: Verdict::Answered,
         }
     }
-    pub fn unreachable(outcome: impl Into<String>) -> Self {
+    pub fn unreachable(outcome: impl Into<String>, retry_after: Option<Duration>) -> Self {
         Self {
             outcome: outcome.into(),
             count_attempt: false,
-            unreachable: true,
+            verdict: Verdict::Unreachable { retry_after },
+        }
+    }
+    pub fn stop(outcome: impl Into<String>) -> Self {
+        Self {
+            outcome: outcome.into(),
+            count_attempt: false,
+            verdict: Verdict::Stop,
         }
     }
 }
@@ -98,41 +118,23 @@ pub fn summary_end(s: &LeaseSummary) -> LeaseEnd {
     }
 }
 
-/// How a lease ended when the fetcher answered the `Fetch` call with an error.
-pub fn refused_end(fetcher: &str, status: &Status) -> LeaseEnd {
-    match status.code() {
-        // The fetcher looked at the lease and refused it: that is about the work. (A
-        // lease too large for the fetcher's message limit is refused as OUT_OF_RANGE or
-        // RESOURCE_EXHAUSTED: also about the work, not the fetcher's reachability.)
-        Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => LeaseEnd::counted(
-            format!("fetcher {fetcher} refused the lease: {}", status.message()),
-        ),
-        // It could not be reached (or is overloaded): not the items' fault.
-        _ => LeaseEnd::unreachable(format!(
-            "fetcher {fetcher} did not answer: {}",
-            status.message()
-        )),
-    }
-}
-
 /// How a lease ended when its stream did: cleanly (the summary decides, and a stream
 /// without one counts the attempt), or broken (before any event: the fetcher was never
 /// there; after: the work's attempt counts).
 pub fn stream_end(
-    fetcher: &str,
+    ctx: &Context,
     ended: Result<(), Status>,
     received_any: bool,
     summary: Option<LeaseEnd>,
 ) -> LeaseEnd {
     match ended {
         Ok(()) => summary.unwrap_or_else(|| LeaseEnd::counted("stream ended without a summary")),
-        Err(status) if !received_any => LeaseEnd::unreachable(format!(
-            "fetcher {fetcher} did not answer: {}",
+        Err(status) if !received_any => refused_end(ctx, &status),
+        Err(status) => LeaseEnd::counted(format!(
+            "stream from {} broke: {}",
+            ctx.fetcher,
             status.message()
         )),
-        Err(status) => {
-            LeaseEnd::counted(format!("stream from {fetcher} broke: {}", status.message()))
-        }
     }
 }
 
@@ -153,10 +155,17 @@ impl Follower<'_> {
         fetcher: &FetcherHandle,
         lease: alldocs_proto::v1::Lease,
     ) -> Result<LeaseEnd, CheckpointError> {
-        let name = fetcher.name();
+        let ctx = Context {
+            fetcher: fetcher.name().to_string(),
+            auth: fetcher.auth_mode(),
+            audience: fetcher.audience().map(str::to_string),
+            store: lease.store_url.clone(),
+            replicate_origin: lease.replicate_origin.clone(),
+            registry: lease.registry.clone(),
+        };
         let mut stream = match fetcher.fetch(lease).await {
             Ok(stream) => stream,
-            Err(status) => return Ok(refused_end(name, &status)),
+            Err(status) => return Ok(refused_end(&ctx, &status)),
         };
         let mut summary = None;
         let mut received_any = false;
@@ -168,7 +177,7 @@ impl Follower<'_> {
             }
             self.commit(batch.events).await?;
             if let Some(ended) = batch.ended {
-                return Ok(stream_end(name, ended, received_any, summary));
+                return Ok(stream_end(&ctx, ended, received_any, summary));
             }
         }
     }
@@ -277,18 +286,26 @@ mod tests {
 
     #[test]
     fn how_a_stream_ends_decides_whether_the_attempt_counts() {
+        let f = Context {
+            fetcher: "f".into(),
+            ..Default::default()
+        };
         let finished = summary_end(&LeaseSummary::default());
         assert_eq!(
-            stream_end("f", Ok(()), true, Some(finished.clone())),
+            stream_end(&f, Ok(()), true, Some(finished.clone())),
             finished
         );
         assert!(finished.count_attempt);
-        let no_summary = stream_end("f", Ok(()), true, None);
+        let no_summary = stream_end(&f, Ok(()), true, None);
         assert!(no_summary.count_attempt && no_summary.outcome.contains("without a summary"));
-        let never_there = stream_end("f", Err(Status::unavailable("refused")), false, None);
-        assert!(never_there.unreachable && !never_there.count_attempt);
-        let broke = stream_end("f", Err(Status::unavailable("reset")), true, None);
-        assert!(broke.count_attempt && !broke.unreachable, "{broke:?}");
+        let never_there = stream_end(&f, Err(Status::unavailable("refused")), false, None);
+        let rest = Verdict::Unreachable { retry_after: None };
+        assert!(never_there.verdict == rest && !never_there.count_attempt);
+        let broke = stream_end(&f, Err(Status::unavailable("reset")), true, None);
+        assert!(
+            broke.count_attempt && broke.verdict == Verdict::Answered,
+            "{broke:?}"
+        );
         assert!(broke.outcome.contains("stream from f broke: reset"));
         let stopped = summary_end(&LeaseSummary {
             unfinished: 3,
@@ -304,7 +321,15 @@ mod tests {
             ..Default::default()
         });
         assert!(late.count_attempt);
-        assert!(refused_end("f", &Status::invalid_argument("bad")).count_attempt);
-        assert!(refused_end("f", &Status::unavailable("down")).unreachable);
+        assert!(refused_end(&f, &Status::invalid_argument("bad")).count_attempt);
+        assert_eq!(refused_end(&f, &Status::unavailable("down")).verdict, rest);
+        // An HTTP-level 401 arrives as the stream's first item: it stops the run.
+        let refused = stream_end(
+            &f,
+            Err(Status::unauthenticated("HTTP status code 401")),
+            false,
+            None,
+        );
+        assert_eq!(refused.verdict, Verdict::Stop);
     }
 }

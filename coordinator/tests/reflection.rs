@@ -17,7 +17,7 @@ use serde_json::Value;
 const VERSIONS: [&str; 2] = ["v1", "v1alpha"];
 
 /// Every field of `alldocs.v1.Progress`, by its proto name.
-const PROGRESS_FIELDS: [&str; 21] = [
+const PROGRESS_FIELDS: [&str; 25] = [
     "state",
     "partitions_total",
     "partitions_done",
@@ -39,6 +39,10 @@ const PROGRESS_FIELDS: [&str; 21] = [
     "packuments_rev_mismatch",
     "packuments_leased",
     "rate_limit_current",
+    "feed_head_seq",
+    "feed_seq",
+    "feed_lag",
+    "packuments_deleted",
 ];
 
 /// Runs blocking work (the client is a subprocess) off the runtime's worker threads.

@@ -5,11 +5,11 @@ use std::{future::Future, net::SocketAddr};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{server::NamedService, transport::Server};
+use tonic::{server::NamedService, service::interceptor::InterceptedService, transport::Server};
 
 use alldocs_proto::v1::fetcher_server::FetcherServer;
 
-use crate::service::FetchService;
+use crate::{auth::BearerAuth, service::FetchService};
 
 /// Reflection services (v1, v1alpha) describing alldocs.v1 and grpc.health.v1.
 pub fn reflection() -> (
@@ -48,9 +48,40 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
-/// The largest `Lease` a fetcher accepts: the coordinator's largest lease (10,000 items of
-/// names up to 214 bytes and revisions up to 256, about 5 MB encoded) fits with room.
+/// The largest `Lease` a fetcher accepts by default: the coordinator's largest lease
+/// (10,000 items of names up to 214 bytes and revisions up to 256, about 5 MB encoded)
+/// fits with room.
 pub const MAX_LEASE_BYTES: usize = 16 << 20;
+
+/// Encoded bytes one packument item of a lease may take: a 214-byte name, a 256-byte
+/// revision, their tags and lengths, with room.
+const ITEM_BYTES: usize = 512;
+
+/// The message limit for leases of up to `max_items` packuments of the longest names:
+/// [`MAX_LEASE_BYTES`], or more when `--max-lease-items` asks for larger leases.
+pub fn max_lease_bytes(max_items: usize) -> usize {
+    MAX_LEASE_BYTES.max(
+        max_items
+            .saturating_mul(ITEM_BYTES)
+            .saturating_add(64 << 10),
+    )
+}
+
+/// How a Fetcher server admits calls: who may call `Fetch`, and how large a lease may be.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub auth: BearerAuth,
+    pub max_lease_bytes: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            auth: BearerAuth::open(),
+            max_lease_bytes: MAX_LEASE_BYTES,
+        }
+    }
+}
 
 /// Serves the Fetcher with health and reflection until `shutdown` resolves; running
 /// leases are then told to stop and their streams end cleanly.
@@ -59,14 +90,26 @@ pub async fn serve_fetcher(
     service: FetchService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_fetcher_with(listener, service, ServeOptions::default(), shutdown).await
+}
+
+/// [`serve_fetcher`] with `options`: the bearer token is checked on `Fetch` only; health
+/// and reflection stay open, so load balancers and `grpcurl list` need no token.
+pub async fn serve_fetcher_with(
+    listener: TcpListener,
+    service: FetchService,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let (refl_v1, refl_v1alpha) = reflection();
     let health = health::<FetcherServer<FetchService>>().await;
     let stopper = service.clone();
+    let fetcher = FetcherServer::new(service).max_decoding_message_size(options.max_lease_bytes);
     Server::builder()
         .add_service(health)
         .add_service(refl_v1)
         .add_service(refl_v1alpha)
-        .add_service(FetcherServer::new(service).max_decoding_message_size(MAX_LEASE_BYTES))
+        .add_service(InterceptedService::new(fetcher, options.auth))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
             stopper.stop();

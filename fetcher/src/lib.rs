@@ -2,6 +2,7 @@
 //! coordinator embeds this library to run fetchers in-process through the same service.
 
 pub mod all_docs;
+pub mod auth;
 pub mod events;
 pub mod grpc;
 pub mod http;
@@ -11,6 +12,8 @@ pub mod names;
 pub mod npmrc;
 pub mod pace;
 pub mod packument;
+pub mod policy;
+pub mod serve;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -1,8 +1,14 @@
 //! `fetcher serve`: the alldocs fetcher as a gRPC service (locally or on Cloud Run).
 
-use std::net::SocketAddr;
+use std::process::ExitCode;
 
-use alldocs_fetcher::{grpc, npmrc::NpmConfig, telemetry, FetchService};
+use alldocs_fetcher::{
+    auth::TOKEN_ENV,
+    grpc,
+    npmrc::NpmConfig,
+    serve::{prepare, ServeArgs, StartError},
+    telemetry, FetchService,
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -21,37 +27,47 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve alldocs.v1.Fetcher (with health and reflection) until SIGTERM or Ctrl-C.
-    Serve {
-        /// Address to listen on; when $PORT is set (Cloud Run) the default is 0.0.0.0:$PORT.
-        #[arg(long, env = "ALLDOCS_LISTEN")]
-        listen: Option<SocketAddr>,
-    },
+    Serve(ServeArgs),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log.log_format);
-    match cli.command {
-        Command::Serve { listen } => {
-            let addr = match (listen, std::env::var("PORT")) {
-                (Some(addr), _) => addr,
-                (None, Ok(port)) => format!("0.0.0.0:{port}").parse().map_err(|_| {
-                    anyhow::anyhow!("$PORT is `{port}`, not a port number; unset it or fix it")
-                })?,
-                (None, Err(_)) => "127.0.0.1:50052".parse().expect("valid default"),
-            };
-            // Tokens come from this process's own npm configuration; leases carry none.
-            let npm = NpmConfig::from_env_and_files();
-            let listener = grpc::bind(addr).await?;
-            let local = listener.local_addr()?;
-            tracing::info!(addr = %local, tokens = !npm.credentials.is_empty(), "fetcher listening");
-            println!("fetcher listening on {local}");
-            grpc::serve_fetcher(listener, FetchService::new(npm.credentials), async {
-                telemetry::shutdown_signal().await;
-                tracing::info!("shutting down: ending running leases cleanly");
-            })
-            .await
+    let Command::Serve(args) = cli.command;
+    match serve(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.is::<StartError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Tokens come from this process's own npm configuration; leases carry none.
+    let npm = NpmConfig::from_env_and_files();
+    let env = |name: &str| std::env::var(name).ok();
+    let startup = prepare(&args, env("PORT"), env(TOKEN_ENV), npm.registry.clone())?;
+    let listener = grpc::bind(startup.addr).await?;
+    let local = listener.local_addr()?;
+    let stop = telemetry::shutdown_signal();
+    tracing::info!(
+        addr = %local, tokens = !npm.credentials.is_empty(),
+        caller_token = startup.options.auth.requires_token(), exposed = startup.exposed,
+        allow_store = %startup.stores, allow_origin = %startup.origins,
+        max_lease_items = args.max_lease_items, max_lease_concurrency = args.max_lease_concurrency,
+        "fetcher listening"
+    );
+    println!("fetcher listening on {local}");
+    let service = FetchService::new(npm.credentials).with_policy(startup.policy);
+    grpc::serve_fetcher_with(listener, service, startup.options, async {
+        stop.await;
+        tracing::info!("shutting down: ending running leases cleanly");
+    })
+    .await
 }

@@ -23,11 +23,22 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Tokens keyed by npm's "nerf dart" (`//host[:port]/path/`): a token is sent only to
-/// URLs under its own key.
+/// Where one token may go: one scheme, and npm's "nerf dart" (`//host[:port]/path/`) of
+/// the host, port and path prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Scope {
+    /// `None` for a token from `.npmrc` whose scheme is not known yet: https only, unless
+    /// [`Credentials::bind_schemes`] finds the configured registry under it.
+    scheme: Option<String>,
+    dart: String,
+}
+
+/// Tokens by scope: a token is sent only to URLs of exactly its scheme, host and port,
+/// under its path prefix — never over http when it belongs to https, never to another
+/// port or path, never to a URL with a `.`/`..` segment hidden in percent-encoding.
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {
-    tokens: Vec<(String, Secret)>,
+    tokens: Vec<(Scope, Secret)>,
 }
 
 impl Credentials {
@@ -35,18 +46,38 @@ impl Credentials {
         Self::default()
     }
 
-    /// Adds a token for every URL under `registry_url` (scheme ignored, like npm).
+    /// Adds a token for every URL under `registry_url`, over that URL's scheme only.
     pub fn insert(&mut self, registry_url: &str, token: Secret) {
-        self.tokens.push((nerf_dart(registry_url), token));
+        let scheme = url::Url::parse(registry_url)
+            .ok()
+            .map(|u| u.scheme().to_string())
+            .filter(|s| s == "http" || s == "https");
+        self.put(
+            Scope {
+                scheme,
+                dart: nerf_dart(registry_url),
+            },
+            token,
+        );
     }
 
-    /// The token whose key is the longest prefix of `url`, if any.
+    fn put(&mut self, scope: Scope, token: Secret) {
+        self.tokens.retain(|(s, _)| s != &scope);
+        self.tokens.push((scope, token));
+    }
+
+    /// The token whose scope holds `url` with the longest path prefix, if any.
     pub fn token_for(&self, url: &str) -> Option<&Secret> {
-        let dart = nerf_dart(url);
+        let parsed = url::Url::parse(url).ok()?;
+        if crate::policy::has_dot_segment(parsed.path()) {
+            return None;
+        }
+        let dart = nerf_dart(parsed.as_str());
         self.tokens
             .iter()
-            .filter(|(key, _)| dart.starts_with(key.as_str()))
-            .max_by_key(|(key, _)| key.len())
+            .filter(|(scope, _)| scope.scheme.as_deref().unwrap_or("https") == parsed.scheme())
+            .filter(|(scope, _)| dart.starts_with(scope.dart.as_str()))
+            .max_by_key(|(scope, _)| scope.dart.len())
             .map(|(_, token)| token)
     }
 
@@ -54,9 +85,24 @@ impl Credentials {
         self.tokens.is_empty()
     }
 
+    /// Gives each `.npmrc` token (`//host/path/:_authToken`, no scheme) the scheme of the
+    /// configured `registry` when that registry lies under it; the others stay https-only.
+    pub fn bind_schemes(&mut self, registry: &str) {
+        let Ok(parsed) = url::Url::parse(registry) else {
+            return;
+        };
+        let dart = nerf_dart(registry);
+        for (scope, _) in &mut self.tokens {
+            if scope.scheme.is_none() && dart.starts_with(scope.dart.as_str()) {
+                scope.scheme = Some(parsed.scheme().to_string());
+            }
+        }
+    }
+
     /// Binds `NPM_TOKEN` (if set) to `registry`, unless a token for it is configured
     /// already: npm's convention for the one registry a machine talks to.
     pub fn with_env_token(mut self, registry: &str) -> Self {
+        self.bind_schemes(registry);
         let token = std::env::var("NPM_TOKEN")
             .ok()
             .filter(|t| !t.trim().is_empty());
@@ -79,6 +125,13 @@ pub fn nerf_dart(url: &str) -> String {
     let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
     let path = parsed.path().trim_end_matches('/');
     format!("//{host}{port}{path}/")
+}
+
+/// `//Host:port/path/` with its host in lowercase, as a parsed URL's would be.
+fn lowercase_host(dart: &str) -> String {
+    let rest = dart.trim_start_matches('/');
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    format!("//{}/{path}", authority.to_ascii_lowercase())
 }
 
 /// What npm's configuration says about registries and tokens.
@@ -142,12 +195,11 @@ impl NpmConfig {
                 self.registry_source = Some(source.to_string());
             } else if let Some(dart) = key.strip_suffix(":_authToken") {
                 if dart.starts_with("//") {
-                    self.credentials
-                        .tokens
-                        .retain(|(k, _)| k != &format!("{}/", dart.trim_end_matches('/')));
-                    self.credentials
-                        .tokens
-                        .push((format!("{}/", dart.trim_end_matches('/')), Secret(value)));
+                    let scope = Scope {
+                        scheme: None,
+                        dart: lowercase_host(&format!("{}/", dart.trim_end_matches('/'))),
+                    };
+                    self.credentials.put(scope, Secret(value));
                 }
             }
         }
@@ -245,6 +297,64 @@ mod tests {
             .token_for("https://registry.example:8443/npm/x")
             .is_none());
         assert!(!format!("{creds:?}").contains("s3cret"));
+    }
+
+    /// Credentials from an `.npmrc` text, finished as `NpmConfig` finishes them.
+    fn configured(npmrc: &str) -> Credentials {
+        let mut cfg = NpmConfig::default();
+        cfg.apply_npmrc(npmrc, ".npmrc");
+        if let Some(registry) = &cfg.registry {
+            cfg.credentials.bind_schemes(registry);
+        }
+        cfg.credentials
+    }
+
+    fn sent(creds: &Credentials, url: &str) -> bool {
+        creds.token_for(url).is_some()
+    }
+
+    #[test]
+    fn a_token_for_https_is_never_sent_over_http_or_to_another_port() {
+        let creds = configured(
+            "registry=https://registry.example/npm/\n//Registry.Example/npm/:_authToken=s3cret\n",
+        );
+        assert!(sent(&creds, "https://registry.example/npm/left-pad"));
+        assert!(sent(&creds, "https://registry.example:443/npm/@s%2fx"));
+        assert!(sent(&creds, "https://REGISTRY.example/npm/x"));
+        for url in [
+            "http://registry.example/npm/left-pad",
+            "http://registry.example:443/npm/left-pad",
+            "https://registry.example:8443/npm/left-pad",
+            "https://registry.example/npmx/left-pad",
+            "https://registry.example/other/npm/x",
+            "https://registry.example/npm/../other/x",
+            "https://registry.example/npm/%2e%2e/other/x",
+            "https://registry.example/npm/..%2fother",
+            "https://registry.example.evil/npm/x",
+            "https://evil.example/registry.example/npm/x",
+        ] {
+            assert!(!sent(&creds, url), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_token_for_an_http_registry_stays_on_http_and_its_port() {
+        let creds = configured(
+            "registry=http://127.0.0.1:5984/npm\n//127.0.0.1:5984/npm/:_authToken=s3cret\n",
+        );
+        assert!(sent(&creds, "http://127.0.0.1:5984/npm/x"));
+        assert!(!sent(&creds, "https://127.0.0.1:5984/npm/x"));
+        assert!(!sent(&creds, "http://127.0.0.1:5985/npm/x"));
+        assert!(!sent(&creds, "http://127.0.0.2:5984/npm/x"));
+        // A token whose dart the registry does not lie under goes over https only.
+        let other =
+            configured("registry=http://127.0.0.1:5984/npm\n//mirror.example/:_authToken=s3cret\n");
+        assert!(sent(&other, "https://mirror.example/x"));
+        assert!(!sent(&other, "http://mirror.example/x"));
+        let mut inserted = Credentials::new();
+        inserted.insert("http://127.0.0.1:1/reg", Secret::new("t"));
+        assert!(sent(&inserted, "http://127.0.0.1:1/reg/x"));
+        assert!(!sent(&inserted, "https://127.0.0.1:1/reg/x"));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::{
     npmrc::Credentials,
     pace::Pace,
     packument::{self, Outcome},
+    policy::Policy,
     store::Store,
 };
 
@@ -38,6 +39,8 @@ const EVENT_BUFFER: usize = 256;
 pub struct FetchService {
     client: reqwest::Client,
     credentials: Arc<Credentials>,
+    /// What leases may name; the in-process fetcher's is unrestricted.
+    policy: Arc<Policy>,
     stopping: CancellationToken,
     active: Arc<watch::Sender<usize>>,
 }
@@ -59,13 +62,21 @@ impl Drop for ActiveGuard {
 }
 
 impl FetchService {
+    /// A fetcher that takes any lease: the one a coordinator embeds.
     pub fn new(credentials: Credentials) -> Self {
         Self {
             client: build_client(),
             credentials: Arc::new(credentials),
+            policy: Arc::new(Policy::unrestricted()),
             stopping: CancellationToken::new(),
             active: Arc::new(watch::channel(0).0),
         }
+    }
+
+    /// The same fetcher, taking only leases `policy` admits (`fetcher serve`).
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = Arc::new(policy);
+        self
     }
 
     /// The number of leases being worked on right now, as a value that can be awaited.
@@ -80,12 +91,14 @@ impl FetchService {
     }
 
     /// Starts a lease and returns its event stream: the same call the gRPC server makes,
-    /// so an in-process fetcher and a remote one behave alike.
+    /// so an in-process fetcher and a remote one behave alike. A lease the policy refuses
+    /// is refused here, before any request is sent or anything is written.
     pub fn start(
         &self,
         lease: Lease,
     ) -> Result<ReceiverStream<Result<FetchEvent, Status>>, Status> {
         validate(&lease)?;
+        let lease = self.policy.admit(lease)?;
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let this = self.clone();
         let guard = ActiveGuard::new(&self.active);

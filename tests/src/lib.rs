@@ -3,12 +3,14 @@
 
 pub mod coord;
 pub mod fixtures;
+pub mod gcs;
 pub mod hostile_origin;
 pub mod hostile_registry;
 pub mod pouch;
 pub mod procs;
 pub mod proxy;
 pub mod py;
+pub mod recording;
 pub mod s3;
 pub mod sim;
 pub mod support;

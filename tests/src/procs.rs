@@ -32,7 +32,15 @@ impl Listening {
         for (k, v) in envs {
             cmd.env(k, v);
         }
+        Self::start_command(cmd)
+    }
+
+    /// Like [`Listening::start`], for a command set up by the caller (its environment,
+    /// directory, where its stderr goes); its stdout is taken here.
+    pub fn start_command(mut cmd: Command) -> Result<Self> {
+        let bin = std::path::PathBuf::from(cmd.get_program());
         let mut child = cmd
+            .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
