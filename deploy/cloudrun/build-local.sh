@@ -19,6 +19,10 @@ tag=localhost/alldocs-fetcher:local
 binary=
 base="${ALLDOCS_BASE_IMAGE:-localhost/alldocs-base:bookworm}"
 
+# Temporary directories, removed however the script ends.
+temporary=()
+trap 'rm -rf "${temporary[@]}"' EXIT
+
 die() {
   echo "build-local.sh: $*" >&2
   exit 2
@@ -64,7 +68,7 @@ make_base() {
   mirror="${DEBIAN_MIRROR:-$(debian_mirror)}"
   mirror="${mirror%/}"
   rootfs="$(mktemp -d /var/tmp/alldocs-rootfs.XXXXXX)"
-  trap 'rm -rf "$rootfs"' RETURN
+  temporary+=("$rootfs")
   echo "build-local.sh: making $base with debootstrap from $mirror (once; about 2 minutes)" >&2
   debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >&2 \
     || die "debootstrap from $mirror failed (see above); set DEBIAN_MIRROR to a reachable Debian mirror"
@@ -89,6 +93,9 @@ path-exclude /usr/share/info/*
 path-exclude /usr/share/locale/*
 path-include /usr/share/locale/locale.alias
 DPKG
+  # Nothing of this machine's: the runtime provides DNS and the host name.
+  : >"$rootfs/etc/resolv.conf"
+  : >"$rootfs/etc/hostname"
   rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb \
     "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/var/log/*.log
   find "$rootfs/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
@@ -108,7 +115,7 @@ fi
 
 # The binary is the only thing in the build context of the `fetcher-binary` stage.
 context="$(mktemp -d /var/tmp/alldocs-fetcher-context.XXXXXX)"
-trap 'rm -rf "$context"' EXIT
+temporary+=("$context")
 cp "$binary" "$context/fetcher"
 
 # Chroot isolation builds without a container runtime (this machine's cgroup v1 hybrid mode
