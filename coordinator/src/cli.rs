@@ -147,8 +147,9 @@ pub struct JobArgs {
     /// `deleted`). The feed position is kept in the checkpoint: a restart carries on.
     #[arg(long, env = "ALLDOCS_FOLLOW", conflicts_with = "names")]
     pub follow: bool,
-    /// With --follow: how long to wait between looks at the feed once caught up.
-    #[arg(long, env = "ALLDOCS_FOLLOW_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// With --follow: how long to wait between looks at the feed once caught up (at
+    /// least 100ms).
+    #[arg(long, env = "ALLDOCS_FOLLOW_INTERVAL", default_value = "10s", value_parser = parse_follow_interval)]
     pub follow_interval: Duration,
     /// With --follow: remove a deleted package's stored object (by default it is kept and
     /// the package marked `deleted`).
@@ -191,6 +192,16 @@ pub struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--follow-interval`: a duration of at least 100 ms, so a caught-up follower never
+/// polls the feed in a tight loop.
+fn parse_follow_interval(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(d) if d >= Duration::from_millis(100) => Ok(d),
+        Ok(_) => Err("--follow-interval must be at least 100ms (the feed is read back to back while behind anyway); give one such as 10s".into()),
+        Err(e) => Err(format!("`{value}` is not a duration ({e}); give one such as 10s or 1m")),
+    }
 }
 
 /// `--rate-limit`: a finite number of requests per second, 0 or more.
@@ -254,6 +265,21 @@ mod tests {
             let message = parse_rate_limit(bad).expect_err(bad);
             assert!(message.contains("--rate-limit") && message.contains("0 = no limit"));
         }
+    }
+
+    #[test]
+    fn follow_intervals_are_durations_of_at_least_100ms() {
+        assert_eq!(parse_follow_interval("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(
+            parse_follow_interval("100ms"),
+            Ok(Duration::from_millis(100))
+        );
+        assert!(parse_follow_interval("0s")
+            .unwrap_err()
+            .contains("at least 100ms"));
+        assert!(parse_follow_interval("soon")
+            .unwrap_err()
+            .contains("such as 10s"));
     }
 
     #[test]
