@@ -2,6 +2,7 @@
 //! coordinator embeds this library to run fetchers in-process through the same service.
 
 pub mod all_docs;
+pub mod durable;
 pub mod events;
 pub mod grpc;
 pub mod http;
