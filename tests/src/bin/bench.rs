@@ -210,6 +210,8 @@ struct Report {
     fetchers: Fetchers,
     packages: usize,
     expected_stored: usize,
+    /// Bytes of the largest packument the registry serves.
+    largest_document: usize,
     sim_setup: Duration,
     first: RunOutcome,
     first_stats: StatsSnapshot,
@@ -320,6 +322,15 @@ async fn bench(args: &Args) -> Result<Report> {
     let env = [("npm_config_registry", sim_url.as_str())];
     let timeout = Duration::from_secs(args.timeout_secs);
     let expected_stored = if args.index_only { 0 } else { expected_stored };
+    let largest_document = if args.index_only {
+        0
+    } else {
+        registry
+            .names()
+            .filter_map(|n| registry.document_len(n, false))
+            .max()
+            .unwrap_or(0)
+    };
     let (ceiling, npm, notes) = comparisons(args, &sim_url, &registry, &workdir).await?;
 
     // Run 1: the full snapshot.
@@ -426,6 +437,7 @@ async fn bench(args: &Args) -> Result<Report> {
         fetchers: args.fetchers,
         packages: registry.len(),
         expected_stored,
+        largest_document,
         sim_setup,
         first,
         first_stats,
@@ -921,6 +933,10 @@ impl Report {
             format!("{} ({})", self.packages, self.expected_stored),
         );
         t.row("simulator setup", format!("{:.2} s", secs(self.sim_setup)));
+        t.row(
+            "largest packument",
+            format!("{} bytes", self.largest_document),
+        );
 
         t.section("run 1: full snapshot");
         t.row("exit code", exit_code(self.first.status));
@@ -1098,6 +1114,7 @@ impl Report {
             "fetchers": self.fetchers.to_string(),
             "packages": self.packages,
             "expected_stored": self.expected_stored,
+            "largest_document_bytes": self.largest_document,
             "sim_setup_seconds": secs(self.sim_setup),
             "packuments_per_second": self.packuments_per_sec(),
             "mb_per_second": self.mb_per_sec(),
