@@ -335,10 +335,13 @@ impl Db {
         &mut self,
         f: impl FnOnce(&mut Db) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
-        self.conn.execute_batch("SAVEPOINT job")?;
+        // Cached: every call (every batch of events) runs these two.
+        self.conn.prepare_cached("SAVEPOINT job")?.execute([])?;
         let result = f(self);
         match &result {
-            Ok(_) => self.conn.execute_batch("RELEASE job")?,
+            Ok(_) => {
+                self.conn.prepare_cached("RELEASE job")?.execute([])?;
+            }
             Err(_) => self.conn.execute_batch("ROLLBACK TO job; RELEASE job")?,
         }
         result
