@@ -334,6 +334,7 @@ async fn bench(args: &Args) -> Result<Report> {
     let (ceiling, npm, notes) = comparisons(args, &sim_url, &registry, &workdir).await?;
 
     // Run 1: the full snapshot.
+    settle(&workdir).await;
     eprintln!("bench: run 1 (full snapshot)…");
     let before = sim.stats();
     let first = run_coordinator(
@@ -353,6 +354,7 @@ async fn bench(args: &Args) -> Result<Report> {
     let (spot_checked, spot_mismatches) = spot_check(&registry, &store.join("packuments"), samples);
 
     // Run 2: incremental, on the same checkpoint; nothing changed, so nothing is fetched.
+    settle(&workdir).await;
     eprintln!("bench: run 2 (incremental, same checkpoint)…");
     let before = sim.stats();
     let second = run_coordinator(
@@ -476,6 +478,7 @@ async fn comparisons(
     let ceiling = if args.no_ceiling {
         None
     } else {
+        settle(workdir).await;
         eprintln!("bench: ceiling: bare fetch-and-store loop, {in_flight} in flight…");
         let dir = workdir.join("bare");
         let c = ceiling::run_bare_loop(sim_url.to_string(), names.clone(), dir, in_flight)
@@ -491,6 +494,7 @@ async fn comparisons(
             None
         }
         (false, None) => {
+            settle(workdir).await;
             eprintln!(
                 "bench: crawl on npm's own client (npm-registry-fetch), {} in flight…",
                 args.npm_in_flight
@@ -499,6 +503,20 @@ async fn comparisons(
         }
     };
     Ok((ceiling, npm, notes))
+}
+
+/// Flushes the work directory's file system (`sync -f`) so that no phase pays for the
+/// writeback of the one before it.
+async fn settle(workdir: &Path) {
+    let synced = Command::new("sync")
+        .arg("-f")
+        .arg(workdir)
+        .stdin(Stdio::null())
+        .status()
+        .await;
+    if !synced.is_ok_and(|s| s.success()) {
+        eprintln!("bench: note: `sync -f` failed; phases may pay for each other's writeback");
+    }
 }
 
 /// `after - before`, counter by counter.

@@ -70,12 +70,15 @@ async fn bare_loop(
     std::fs::create_dir_all(store_dir)?;
     let store = Store::open(store_dir.to_str().context("a UTF-8 work directory")?)?;
     let client = build_client();
+    let registry: std::sync::Arc<str> = registry.into();
     let started = Instant::now();
+    // Each request is its own task, so the runtime spreads them (and their gzip
+    // decoding) over all its worker threads, as the pipeline's leases are.
     let mut results = futures::stream::iter(names)
         .map(|name| {
-            let (client, store) = (&client, &store);
-            async move {
-                let url = packument_url(registry, &name);
+            let (client, store, registry) = (client.clone(), store.clone(), registry.clone());
+            tokio::spawn(async move {
+                let url = packument_url(&registry, &name);
                 let resp = client
                     .get(&url)
                     .header(reqwest::header::ACCEPT, "application/json")
@@ -89,12 +92,12 @@ async fn bare_loop(
                 let len = body.len() as u64;
                 store.put_durable(&packument_path(&name), body).await?;
                 Ok(Some(len))
-            }
+            })
         })
         .buffer_unordered(concurrency.max(1));
     let (mut stored, mut missing, mut bytes) = (0, 0, 0);
     while let Some(result) = results.next().await {
-        match result? {
+        match result?? {
             Some(len) => {
                 stored += 1;
                 bytes += len;
