@@ -205,8 +205,9 @@ impl Store {
 
     /// Writes a whole object at once and makes it survive a power loss before returning:
     /// the same as [`Store::put`] then [`Store::make_durable`], but for a local directory
-    /// in one blocking call that stages, syncs and renames the file, then syncs its
-    /// directory together with concurrent writers ([`LocalDir::write`]).
+    /// in one blocking call that writes and syncs the file, links (or renames) it into
+    /// place, then syncs its directory together with concurrent writers
+    /// ([`LocalDir::write`]).
     pub async fn put_durable(&self, path: &Path, bytes: Bytes) -> Result<(), object_store::Error> {
         let Some((fs, dir)) = &self.local else {
             return self.put(path, bytes).await;
