@@ -236,6 +236,8 @@ impl Checkpoint {
         // Every commit reaches the disk before its callers hear of it: a `stored` row
         // survives a power loss (its object was made durable before the event was sent).
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Room for every statement the checkpoint thread prepares once and reuses.
+        conn.set_prepared_statement_cache_capacity(64);
         crate::schema::check_version(&conn, &shown)?;
         let mut db = Db {
             conn,
@@ -333,10 +335,13 @@ impl Db {
         &mut self,
         f: impl FnOnce(&mut Db) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
-        self.conn.execute_batch("SAVEPOINT job")?;
+        // Cached: every call (every batch of events) runs these two.
+        self.conn.prepare_cached("SAVEPOINT job")?.execute([])?;
         let result = f(self);
         match &result {
-            Ok(_) => self.conn.execute_batch("RELEASE job")?,
+            Ok(_) => {
+                self.conn.prepare_cached("RELEASE job")?.execute([])?;
+            }
             Err(_) => self.conn.execute_batch("ROLLBACK TO job; RELEASE job")?,
         }
         result
@@ -560,14 +565,21 @@ impl Db {
                 Event::IndexDone(done) => self.apply_done(token, done)?,
                 Event::Stored(s) => stored += self.apply_stored(token, s)?,
                 Event::Missing(m) => {
-                    self.conn.execute(
-                        // No revision is stored: a name that 404s briefly (or for good)
-                        // is asked for again by the next run, not frozen as missing.
-                        "UPDATE packages SET status = 'missing', stored_rev = NULL, uri = NULL, bytes = 0,
-                             last_error = ?1, lease_token = NULL, fetched_run = ?4
-                         WHERE name = ?2 AND lease_token = ?3 AND status = 'leased'",
-                        params![format!("HTTP {}", m.http_status), m.name, token, self.run],
-                    )?;
+                    // Prepared once per connection: one statement per event is hot.
+                    self.conn
+                        .prepare_cached(
+                            // No revision is stored: a name that 404s briefly (or for good)
+                            // is asked for again by the next run, not frozen as missing.
+                            "UPDATE packages SET status = 'missing', stored_rev = NULL, uri = NULL, bytes = 0,
+                                 last_error = ?1, lease_token = NULL, fetched_run = ?4
+                             WHERE name = ?2 AND lease_token = ?3 AND status = 'leased'",
+                        )?
+                        .execute(params![
+                            format!("HTTP {}", m.http_status),
+                            m.name,
+                            token,
+                            self.run
+                        ])?;
                 }
                 Event::Failed(f) => {
                     // A failure that retrying cannot help fails at once.
@@ -641,12 +653,15 @@ impl Db {
         // The revision stored is the document's own `_rev` (a registry lagging the index
         // serves an older one: the next run fetches it again), or the one asked for if the
         // document has none.
-        let n = self.conn.execute(
-            "UPDATE packages SET status = 'stored', stored_rev = COALESCE(NULLIF(?2, ''), ?1),
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE packages SET status = 'stored', stored_rev = COALESCE(NULLIF(?2, ''), ?1),
                  doc_rev = ?2, uri = ?3, bytes = ?4, last_error = NULL, lease_token = NULL,
                  fetched_run = ?7
              WHERE name = ?5 AND lease_token = ?6 AND status = 'leased'",
-            params![
+            )?
+            .execute(params![
                 s.rev,
                 s.doc_rev,
                 s.uri,
@@ -654,8 +669,7 @@ impl Db {
                 s.name,
                 token,
                 self.run
-            ],
-        )?;
+            ])?;
         Ok(n as u64)
     }
 

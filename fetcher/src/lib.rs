@@ -3,6 +3,7 @@
 
 pub mod all_docs;
 pub mod auth;
+pub mod durable;
 pub mod events;
 pub mod grpc;
 pub mod http;

@@ -260,11 +260,7 @@ async fn store_small(bytes: Bytes, dest: Destination<'_>) -> Result<StoredBody, 
     let rev = doc_rev(&bytes[..]).map_err(|e| dest.invalid(e))?;
     let len = bytes.len() as u64;
     dest.store
-        .put(&dest.path, bytes)
-        .await
-        .map_err(|e| dest.store_err(e))?;
-    dest.store
-        .make_durable(&dest.path)
+        .put_durable(&dest.path, bytes)
         .await
         .map_err(|e| dest.store_err(e))?;
     Ok(dest.stored(rev, len))

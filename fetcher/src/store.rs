@@ -7,6 +7,8 @@ use std::{
 };
 
 use bytes::Bytes;
+
+use crate::durable::LocalDir;
 use object_store::{
     aws::AmazonS3Builder, buffered::BufWriter, gcp::GoogleCloudStorageBuilder,
     local::LocalFileSystem, memory::InMemory, path::Path, prefix::PrefixStore, ObjectStore,
@@ -93,8 +95,8 @@ impl StoreLocation {
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     base_uri: String,
-    /// For a local directory: the file system and its root, to make objects durable.
-    local: Option<(Arc<LocalFileSystem>, PathBuf)>,
+    /// For a local directory: the file system, and its root for durable writes.
+    local: Option<(Arc<LocalFileSystem>, Arc<LocalDir>)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -143,7 +145,7 @@ impl Store {
                 let base = url::Url::from_directory_path(&abs)
                     .map(|u| u.as_str().trim_end_matches('/').to_string())
                     .unwrap_or_else(|()| format!("file://{}", abs.display()));
-                local = Some((fs.clone(), abs));
+                local = Some((fs.clone(), Arc::new(LocalDir::new(abs))));
                 (fs, base)
             }
             StoreLocation::Memory(name) => (
@@ -201,27 +203,36 @@ impl Store {
             .map(|_| ())
     }
 
+    /// Writes a whole object at once and makes it survive a power loss before returning:
+    /// the same as [`Store::put`] then [`Store::make_durable`], but for a local directory
+    /// in one blocking call that writes and syncs the file, links (or renames) it into
+    /// place, then syncs its directory together with concurrent writers
+    /// ([`LocalDir::write`]).
+    pub async fn put_durable(&self, path: &Path, bytes: Bytes) -> Result<(), object_store::Error> {
+        let Some((fs, dir)) = &self.local else {
+            return self.put(path, bytes).await;
+        };
+        let file = fs.path_to_filesystem(path)?;
+        let dir = dir.clone();
+        blocking(move || dir.write(&file, &bytes)).await
+    }
+
     /// Makes a written object survive a power loss before anyone is told it is stored.
     ///
     /// object_store's `LocalFileSystem` (0.12) writes a temp file and renames it into
     /// place without any fsync, so after a crash the rename may be on disk and the data
     /// not: a file that exists but is empty. So for a local directory the file is synced,
-    /// then every directory from its parent up to the store's root (the rename, and any
-    /// scope directory just created). A completed PUT or multipart upload to gs:// or
-    /// s3:// is already durable when it returns: nothing to do there (nor for memory://).
+    /// then its directory (grouped with concurrent writers), and once per process each
+    /// directory up to the store's root (any scope directory just created). A completed
+    /// PUT or multipart upload to gs:// or s3:// is already durable when it returns:
+    /// nothing to do there (nor for memory://).
     pub async fn make_durable(&self, path: &Path) -> Result<(), object_store::Error> {
-        let Some((fs, root)) = &self.local else {
+        let Some((fs, dir)) = &self.local else {
             return Ok(());
         };
         let file = fs.path_to_filesystem(path)?;
-        let root = root.clone();
-        tokio::task::spawn_blocking(move || sync_file_and_dirs(&file, &root))
-            .await
-            .map_err(|e| object_store::Error::JoinError { source: e })?
-            .map_err(|e| object_store::Error::Generic {
-                store: "LocalFileSystem",
-                source: Box::new(e),
-            })
+        let dir = dir.clone();
+        blocking(move || dir.make_durable(&file)).await
     }
 
     /// A writer that uploads in parts once it holds more than `capacity` bytes; nothing is
@@ -241,18 +252,17 @@ impl Store {
     }
 }
 
-/// fsyncs `file`, then each directory from its parent up to `root` (inclusive).
-fn sync_file_and_dirs(file: &std::path::Path, root: &std::path::Path) -> std::io::Result<()> {
-    std::fs::File::open(file)?.sync_all()?;
-    let mut dir = file.parent();
-    while let Some(d) = dir {
-        std::fs::File::open(d)?.sync_all()?;
-        if d == root {
-            break;
-        }
-        dir = d.parent().filter(|p| p.starts_with(root));
-    }
-    Ok(())
+/// Runs local file work on a blocking thread, its error as object_store's.
+async fn blocking(
+    work: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> Result<(), object_store::Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| object_store::Error::JoinError { source: e })?
+        .map_err(|e| object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(e),
+        })
 }
 
 /// Checks, before anything is stored, that a local store directory can hold a snapshot:
@@ -488,6 +498,27 @@ mod tests {
         assert!(store.make_durable(&missing).await.is_err());
         let memory = Store::open("memory://durable-test").unwrap();
         memory.make_durable(&missing).await.unwrap();
+        // Written and synced in one call: the bytes are there, under their key only.
+        let scoped = packument_path("@other/pkg");
+        store
+            .put_durable(&scoped, Bytes::from_static(b"{\"a\":1}"))
+            .await
+            .unwrap();
+        let on_disk = dir.path().join("packuments/@other/pkg.json");
+        assert_eq!(std::fs::read(on_disk).unwrap(), b"{\"a\":1}");
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("packuments/@other"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["pkg.json"], "no staged file left");
+        memory
+            .put_durable(&scoped, Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            memory.get(&scoped).await.unwrap(),
+            Bytes::from_static(b"{}")
+        );
     }
 
     #[tokio::test]

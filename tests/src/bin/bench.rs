@@ -2,9 +2,17 @@
 //!
 //! It starts the registry simulator in this process, runs the real `coordinator run` binary
 //! (and, with `--fetchers remote:N`, N real `fetcher serve` processes) against it, measures
-//! wall time, rates, the simulator's request counters and the peak RSS of every child
-//! process, verifies that the snapshot is complete and byte-exact, then runs the coordinator
-//! a second time on the same checkpoint and checks that nothing is fetched again.
+//! wall time, rates, CPU time, the simulator's request counters and the peak RSS of every
+//! child process, verifies that the snapshot is complete and byte-exact, then runs the
+//! coordinator a second time on the same checkpoint and checks that nothing is fetched again.
+//!
+//! In the same run, before the coordinator, it measures two comparison points against the
+//! same simulator: the **ceiling**, a bare loop in this process (reqwest at the pipeline's
+//! requests in flight, each body stored with the fetcher's own durable atomic write; no
+//! checkpoint, gRPC or validation), and a **crawl on npm's own registry client**
+//! (`npm-registry-fetch`, 50 in flight, `tests/npm-client/crawl.js`; install it once with
+//! `npm ci --ignore-scripts` in `tests/npm-client`). It prints `ratio_to_ceiling` and
+//! `ratio_to_npm_client` next to packuments/s (`--json`: one JSON line).
 //!
 //! Build first (the binaries are looked up next to this one, or in `target/release` with
 //! `--release`):
@@ -40,6 +48,12 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
+
+#[path = "bench/ceiling.rs"]
+mod ceiling;
+#[path = "bench/checkpoint.rs"]
+mod checkpoint;
+use ceiling::{Ceiling, NpmCrawl};
 
 /// How often the peak RSS of a child process is sampled.
 const RSS_POLL: Duration = Duration::from_millis(50);
@@ -91,7 +105,28 @@ struct Args {
     /// Keep the work directory (checkpoint, store, logs) even when every check passed.
     #[arg(long)]
     keep: bool,
+    /// Skip the bare fetch-and-store loop (the ceiling).
+    #[arg(long)]
+    no_ceiling: bool,
+    /// Skip the crawl on npm's own registry client.
+    #[arg(long)]
+    no_npm_client: bool,
+    /// Requests in flight for the crawl on npm's own client.
+    #[arg(long, default_value_t = 50)]
+    npm_in_flight: usize,
+    /// Run the coordinator with --index-only (plan and index; no packument is fetched).
+    #[arg(long)]
+    index_only: bool,
+    /// Instead of a run: index N names into a fresh checkpoint and store them all through
+    /// leases (the real SQLite checkpoint, no fetcher), and report events per second.
+    #[arg(long, value_name = "N")]
+    checkpoint_events: Option<usize>,
 }
+
+/// The coordinator's defaults for --max-in-flight and --concurrency: their product is
+/// how many packument requests the pipeline has in flight, and the bare loop's too.
+const DEFAULT_MAX_IN_FLIGHT: u32 = 8;
+const DEFAULT_CONCURRENCY: u32 = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fetchers {
@@ -123,6 +158,9 @@ fn parse_fetchers(s: &str) -> Result<Fetchers, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(n) = args.checkpoint_events {
+        return checkpoint_bench(n, args.json).await;
+    }
     match bench(&args).await {
         Ok(report) => {
             if args.json {
@@ -143,6 +181,26 @@ async fn main() -> ExitCode {
     }
 }
 
+/// `--checkpoint-events N`: the checkpoint alone, in a temporary directory.
+async fn checkpoint_bench(n: usize, json: bool) -> ExitCode {
+    let result = async {
+        let dir = tempfile::Builder::new()
+            .prefix("alldocs-bench-checkpoint-")
+            .tempdir()?;
+        checkpoint::run(n, dir.path()).await
+    }
+    .await;
+    match result {
+        Ok(figures) if json => println!("{}", figures.to_json()),
+        Ok(figures) => print!("{}", figures.to_table()),
+        Err(e) => {
+            eprintln!("bench: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 // ---------------------------------------------------------------------------------------------
 // The benchmark.
 
@@ -152,13 +210,21 @@ struct Report {
     fetchers: Fetchers,
     packages: usize,
     expected_stored: usize,
+    /// Bytes of the largest packument the registry serves.
+    largest_document: usize,
     sim_setup: Duration,
     first: RunOutcome,
     first_stats: StatsSnapshot,
     second: RunOutcome,
     second_stats: StatsSnapshot,
     fetcher_peak_rss_kb: Vec<u64>,
+    /// CPU time of each remote fetcher over both runs.
+    fetcher_cpu: Vec<Duration>,
     bench_peak_rss_kb: u64,
+    ceiling: Option<Ceiling>,
+    npm: Option<NpmCrawl>,
+    /// Why a comparison point was not measured.
+    notes: Vec<String>,
     stored_files: usize,
     index_rows: usize,
     spot_checked: usize,
@@ -250,10 +316,25 @@ async fn bench(args: &Args) -> Result<Report> {
     for f in &fetchers {
         coordinator_args.extend(["--fetcher".into(), format!("http://{}", f.addr).into()]);
     }
+    if args.index_only {
+        coordinator_args.push("--index-only".into());
+    }
     let env = [("npm_config_registry", sim_url.as_str())];
     let timeout = Duration::from_secs(args.timeout_secs);
+    let expected_stored = if args.index_only { 0 } else { expected_stored };
+    let largest_document = if args.index_only {
+        0
+    } else {
+        registry
+            .names()
+            .filter_map(|n| registry.document_len(n, false))
+            .max()
+            .unwrap_or(0)
+    };
+    let (ceiling, npm, notes) = comparisons(args, &sim_url, &registry, &workdir).await?;
 
     // Run 1: the full snapshot.
+    settle(&workdir).await;
     eprintln!("bench: run 1 (full snapshot)…");
     let before = sim.stats();
     let first = run_coordinator(
@@ -269,9 +350,11 @@ async fn bench(args: &Args) -> Result<Report> {
     eprintln!("bench: verifying the store…");
     let stored_files = count_files(&store.join("packuments"))?;
     let index_rows = count_index_rows(&store.join("index"))?;
-    let (spot_checked, spot_mismatches) = spot_check(&registry, &store.join("packuments"), 100);
+    let samples = if args.index_only { 0 } else { 100 };
+    let (spot_checked, spot_mismatches) = spot_check(&registry, &store.join("packuments"), samples);
 
     // Run 2: incremental, on the same checkpoint; nothing changed, so nothing is fetched.
+    settle(&workdir).await;
     eprintln!("bench: run 2 (incremental, same checkpoint)…");
     let before = sim.stats();
     let second = run_coordinator(
@@ -284,9 +367,11 @@ async fn bench(args: &Args) -> Result<Report> {
     .await?;
     let second_stats = delta(&before, &sim.stats());
 
-    let mut fetcher_peak_rss_kb = Vec::new();
+    let (mut fetcher_peak_rss_kb, mut fetcher_cpu) = (Vec::new(), Vec::new());
     for f in fetchers {
-        fetcher_peak_rss_kb.push(f.stop().await);
+        let (peak, cpu) = f.stop().await;
+        fetcher_peak_rss_kb.push(peak);
+        fetcher_cpu.push(cpu);
     }
     sim.shutdown().await;
     let bench_peak_rss_kb = vm_hwm_kb("self").unwrap_or(0);
@@ -354,13 +439,18 @@ async fn bench(args: &Args) -> Result<Report> {
         fetchers: args.fetchers,
         packages: registry.len(),
         expected_stored,
+        largest_document,
         sim_setup,
         first,
         first_stats,
         second,
         second_stats,
         fetcher_peak_rss_kb,
+        fetcher_cpu,
         bench_peak_rss_kb,
+        ceiling,
+        npm,
+        notes,
         stored_files,
         index_rows,
         spot_checked,
@@ -368,6 +458,65 @@ async fn bench(args: &Args) -> Result<Report> {
         failures,
         workdir,
     })
+}
+
+/// The ceiling and the crawl on npm's own client, each unless skipped (or, for the npm
+/// client, not installed: a note says so); neither runs for an --index-only bench.
+async fn comparisons(
+    args: &Args,
+    sim_url: &str,
+    registry: &Registry,
+    workdir: &Path,
+) -> Result<(Option<Ceiling>, Option<NpmCrawl>, Vec<String>)> {
+    let mut notes = Vec::new();
+    if args.index_only {
+        return Ok((None, None, notes));
+    }
+    let names: Vec<String> = registry.names().map(str::to_string).collect();
+    let in_flight = args.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT) as usize
+        * args.concurrency.unwrap_or(DEFAULT_CONCURRENCY) as usize;
+    let ceiling = if args.no_ceiling {
+        None
+    } else {
+        settle(workdir).await;
+        eprintln!("bench: ceiling: bare fetch-and-store loop, {in_flight} in flight…");
+        let dir = workdir.join("bare");
+        let c = ceiling::run_bare_loop(sim_url.to_string(), names.clone(), dir, in_flight)
+            .await
+            .context("the bare loop (ceiling)")?;
+        Some(c)
+    };
+    let npm = match (args.no_npm_client, ceiling::npm_client_missing()) {
+        (true, _) => None,
+        (false, Some(why)) => {
+            eprintln!("bench: note: skipping the npm-client crawl: {why}");
+            notes.push(format!("npm-client crawl skipped: {why}"));
+            None
+        }
+        (false, None) => {
+            settle(workdir).await;
+            eprintln!(
+                "bench: crawl on npm's own client (npm-registry-fetch), {} in flight…",
+                args.npm_in_flight
+            );
+            Some(ceiling::run_npm_crawl(sim_url, &names, workdir, args.npm_in_flight).await?)
+        }
+    };
+    Ok((ceiling, npm, notes))
+}
+
+/// Flushes the work directory's file system (`sync -f`) so that no phase pays for the
+/// writeback of the one before it.
+async fn settle(workdir: &Path) {
+    let synced = Command::new("sync")
+        .arg("-f")
+        .arg(workdir)
+        .stdin(Stdio::null())
+        .status()
+        .await;
+    if !synced.is_ok_and(|s| s.success()) {
+        eprintln!("bench: note: `sync -f` failed; phases may pay for each other's writeback");
+    }
 }
 
 /// `after - before`, counter by counter.
@@ -525,9 +674,11 @@ impl FetcherProcess {
         Ok(FetcherProcess { child, addr, rss })
     }
 
-    /// Asks it to stop (SIGTERM, as Cloud Run does), kills it if it lingers, returns its peak RSS.
-    async fn stop(mut self) -> u64 {
+    /// Asks it to stop (SIGTERM, as Cloud Run does), kills it if it lingers, returns its peak
+    /// RSS and CPU time.
+    async fn stop(mut self) -> (u64, Duration) {
         let peak = self.rss.kb();
+        let cpu_before = ceiling::reaped_children_cpu();
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
@@ -540,7 +691,8 @@ impl FetcherProcess {
             let _ = self.child.start_kill();
             let _ = self.child.wait().await;
         }
-        peak.max(self.rss.kb())
+        let cpu = ceiling::reaped_children_cpu().saturating_sub(cpu_before);
+        (peak.max(self.rss.kb()), cpu)
     }
 }
 
@@ -552,6 +704,9 @@ struct RunOutcome {
     /// the end of the run if it succeeded before a poll saw that.
     index_done: Option<Duration>,
     peak_rss_kb: u64,
+    /// CPU time (user + system) of the coordinator process, its fetchers included when
+    /// they are in-process.
+    cpu: Duration,
     log: PathBuf,
 }
 
@@ -565,6 +720,7 @@ async fn run_coordinator(
     timeout: Duration,
 ) -> Result<RunOutcome> {
     let started = Instant::now();
+    let cpu_before = ceiling::reaped_children_cpu();
     let mut child = child_command(bin, env)
         .args(args)
         .stdout(Stdio::piped())
@@ -604,6 +760,7 @@ async fn run_coordinator(
         }
     };
     let wall = started.elapsed();
+    let cpu = ceiling::reaped_children_cpu().saturating_sub(cpu_before);
     poller.abort();
     // A successful run has indexed everything by the time it exits.
     let index_done = index_done
@@ -615,6 +772,7 @@ async fn run_coordinator(
         wall,
         index_done,
         peak_rss_kb: rss.kb(),
+        cpu,
         log: log.to_path_buf(),
     })
 }
@@ -695,7 +853,10 @@ fn spot_check(registry: &Registry, packuments: &Path, samples: usize) -> (usize,
         .names()
         .filter(|n| !registry.is_missing(n))
         .collect();
-    let step = (served.len() / samples.max(1)).max(1);
+    if samples == 0 {
+        return (0, Vec::new());
+    }
+    let step = (served.len() / samples).max(1);
     let mut checked = 0;
     let mut mismatches = Vec::new();
     for name in served.iter().step_by(step).take(samples) {
@@ -736,6 +897,11 @@ fn per_sec(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 
+/// A figure with `digits` decimals, or `n/a`.
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.digits$}"))
+}
+
 fn mib(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
@@ -747,6 +913,27 @@ impl Report {
 
     fn mb_per_sec(&self) -> f64 {
         per_sec(self.first_stats.bytes_sent, self.first.wall) / 1e6
+    }
+
+    /// CPU seconds per 1,000 packuments stored in run 1 (coordinator process; remote
+    /// fetchers separately).
+    fn cpu_per_1000(&self, cpu: Duration) -> Option<f64> {
+        let served = self.first_stats.packuments_served;
+        (served > 0).then(|| cpu.as_secs_f64() * 1000.0 / served as f64)
+    }
+
+    fn fetchers_cpu(&self) -> Duration {
+        self.fetcher_cpu.iter().sum()
+    }
+
+    fn ratio_to_ceiling(&self) -> Option<f64> {
+        let c = self.ceiling.as_ref()?;
+        Some(self.packuments_per_sec() / per_sec(c.stored, c.wall))
+    }
+
+    fn ratio_to_npm_client(&self) -> Option<f64> {
+        let npm = self.npm.as_ref()?;
+        Some(self.packuments_per_sec() / npm.per_second)
     }
 
     fn rows_per_sec(&self) -> Option<f64> {
@@ -764,6 +951,10 @@ impl Report {
             format!("{} ({})", self.packages, self.expected_stored),
         );
         t.row("simulator setup", format!("{:.2} s", secs(self.sim_setup)));
+        t.row(
+            "largest packument",
+            format!("{} bytes", self.largest_document),
+        );
 
         t.section("run 1: full snapshot");
         t.row("exit code", exit_code(self.first.status));
@@ -773,6 +964,18 @@ impl Report {
             "MB/s (uncompressed bodies, 10^6 B)",
             format!("{:.1}", self.mb_per_sec()),
         );
+        t.row(
+            "CPU s per 1,000 packuments: coordinator",
+            opt(self.cpu_per_1000(self.first.cpu), 3),
+        );
+        if !self.fetcher_cpu.is_empty() {
+            t.row(
+                "CPU s per 1,000 packuments: fetchers",
+                opt(self.cpu_per_1000(self.fetchers_cpu()), 3),
+            );
+        }
+        t.row("ratio_to_ceiling", opt(self.ratio_to_ceiling(), 2));
+        t.row("ratio_to_npm_client", opt(self.ratio_to_npm_client(), 2));
         t.row(
             "index phase done after",
             self.first
@@ -799,6 +1002,8 @@ impl Report {
             format!("{:.1} MiB", mib(self.bench_peak_rss_kb)),
         );
         t.stats(&self.first_stats);
+
+        self.comparison_table(&mut t);
 
         t.section("verification");
         t.row(
@@ -843,6 +1048,74 @@ impl Report {
         out
     }
 
+    fn comparison_table(&self, t: &mut Table) {
+        if let Some(c) = &self.ceiling {
+            t.section("ceiling: bare fetch-and-store loop (same process as the simulator)");
+            t.row("requests in flight", c.concurrency);
+            t.row("wall time", format!("{:.2} s", secs(c.wall)));
+            t.row("packuments/s", format!("{:.0}", per_sec(c.stored, c.wall)));
+            t.row("MB/s", format!("{:.1}", per_sec(c.bytes, c.wall) / 1e6));
+            t.row(
+                "CPU s per 1,000 packuments (its threads)",
+                format!(
+                    "{:.3}",
+                    c.cpu.as_secs_f64() * 1000.0 / c.stored.max(1) as f64
+                ),
+            );
+            t.row("stored / missing", format!("{} / {}", c.stored, c.missing));
+        }
+        if let Some(n) = &self.npm {
+            t.section("crawl on npm's own client (npm-registry-fetch)");
+            t.row("requests in flight", n.in_flight);
+            t.row("wall time", format!("{:.2} s", n.seconds));
+            t.row("packuments/s", format!("{:.0}", n.per_second));
+            t.row("MB/s", format!("{:.1}", n.bytes as f64 / n.seconds / 1e6));
+            t.row(
+                "CPU s per 1,000 packuments (node)",
+                format!(
+                    "{:.3}",
+                    n.cpu.as_secs_f64() * 1000.0 / n.fetched.max(1) as f64
+                ),
+            );
+            t.row(
+                "fetched / missing / failed",
+                format!("{} / {} / {}", n.fetched, n.missing, n.failed),
+            );
+        }
+        for note in &self.notes {
+            t.row("note", note);
+        }
+    }
+
+    fn comparisons_json(&self) -> serde_json::Value {
+        let ceiling = self.ceiling.as_ref().map(|c| {
+            json!({
+                "in_flight": c.concurrency,
+                "wall_seconds": secs(c.wall),
+                "packuments_per_second": per_sec(c.stored, c.wall),
+                "mb_per_second": per_sec(c.bytes, c.wall) / 1e6,
+                "cpu_seconds": secs(c.cpu),
+                "cpu_seconds_per_1000": secs(c.cpu) * 1000.0 / c.stored.max(1) as f64,
+                "stored": c.stored,
+                "missing": c.missing,
+            })
+        });
+        let npm = self.npm.as_ref().map(|n| {
+            json!({
+                "in_flight": n.in_flight,
+                "wall_seconds": n.seconds,
+                "packuments_per_second": n.per_second,
+                "mb_per_second": n.bytes as f64 / n.seconds / 1e6,
+                "cpu_seconds": secs(n.cpu),
+                "cpu_seconds_per_1000": secs(n.cpu) * 1000.0 / n.fetched.max(1) as f64,
+                "fetched": n.fetched,
+                "missing": n.missing,
+                "failed": n.failed,
+            })
+        });
+        json!({ "ceiling": ceiling, "npm_client": npm, "notes": self.notes })
+    }
+
     fn to_json(&self) -> serde_json::Value {
         let run = |r: &RunOutcome, s: &StatsSnapshot| {
             json!({
@@ -850,6 +1123,7 @@ impl Report {
                 "wall_seconds": secs(r.wall),
                 "index_done_seconds": r.index_done.map(secs),
                 "coordinator_peak_rss_kib": r.peak_rss_kb,
+                "coordinator_cpu_seconds": secs(r.cpu),
                 "sim": s,
             })
         };
@@ -858,9 +1132,18 @@ impl Report {
             "fetchers": self.fetchers.to_string(),
             "packages": self.packages,
             "expected_stored": self.expected_stored,
+            "largest_document_bytes": self.largest_document,
             "sim_setup_seconds": secs(self.sim_setup),
             "packuments_per_second": self.packuments_per_sec(),
             "mb_per_second": self.mb_per_sec(),
+            "ratio_to_ceiling": self.ratio_to_ceiling(),
+            "ratio_to_npm_client": self.ratio_to_npm_client(),
+            "coordinator_cpu_seconds": secs(self.first.cpu),
+            "coordinator_cpu_seconds_per_1000": self.cpu_per_1000(self.first.cpu),
+            "fetchers_cpu_seconds": secs(self.fetchers_cpu()),
+            "fetchers_cpu_seconds_per_1000": self.cpu_per_1000(self.fetchers_cpu()),
+            "coordinator_peak_rss_kib": self.first.peak_rss_kb,
+            "comparisons": self.comparisons_json(),
             "all_docs_rows_per_second": self.rows_per_sec(),
             "first_run": run(&self.first, &self.first_stats),
             "incremental_run": run(&self.second, &self.second_stats),
