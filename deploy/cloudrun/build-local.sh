@@ -52,20 +52,22 @@ if [ -n "$binary" ] && [ ! -x "$binary" ]; then
 fi
 
 # The Debian mirror apt already uses here (the first `debian` repository that is not the
-# security one), unless DEBIAN_MIRROR says otherwise.
+# security one), unless DEBIAN_MIRROR says otherwise; none found is an error naming it.
 debian_mirror() {
   local uri
   uri="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
     | sed -n -E 's/^[[:space:]]*(URIs:|deb)[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+).*/\3/p' \
     | grep -E '/debian/?$' | head -n 1 || true)"
-  echo "${uri:-http://deb.debian.org/debian}"
+  [ -n "$uri" ] || die "found no Debian mirror in apt's sources (/etc/apt/sources.list*); set DEBIAN_MIRROR to one, such as http://mirror.example/debian"
+  echo "$uri"
 }
 
 # The base image: a minimal bookworm root filesystem, made once and kept in podman's store.
 # A lock keeps two builds at once from making it twice.
 make_base() {
   local mirror rootfs
-  mirror="${DEBIAN_MIRROR:-$(debian_mirror)}"
+  mirror="${DEBIAN_MIRROR:-}"
+  [ -n "$mirror" ] || mirror="$(debian_mirror)" || exit 2
   mirror="${mirror%/}"
   rootfs="$(mktemp -d /var/tmp/alldocs-rootfs.XXXXXX)"
   temporary+=("$rootfs")
