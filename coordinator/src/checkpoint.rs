@@ -441,10 +441,7 @@ impl Db {
             }
         } else {
             // Carrying on after a stop or a crash: leases in flight then are void.
-            self.conn.execute_batch(
-                "UPDATE partitions SET status = 'pending', lease_token = NULL WHERE status = 'leased';
-                 UPDATE packages SET status = 'pending', lease_token = NULL WHERE status = 'leased';",
-            )?;
+            self.unlease_all()?;
             Opened { run, resumed: true }
         })
     }
@@ -759,13 +756,18 @@ impl Db {
         Ok(returned as u64)
     }
 
-    /// Gives back the work of every lease still open, with no attempt counted, and ends
-    /// those leases with `outcome`: for a run that stops while leases are in flight.
-    pub fn release_open_leases(&mut self, outcome: &str) -> rusqlite::Result<()> {
+    /// Everything leased goes back to pending, as it was (no attempt counted).
+    fn unlease_all(&self) -> rusqlite::Result<()> {
         self.conn.execute_batch(
             "UPDATE partitions SET status = 'pending', lease_token = NULL WHERE status = 'leased';
              UPDATE packages SET status = 'pending', lease_token = NULL WHERE status = 'leased';",
-        )?;
+        )
+    }
+
+    /// Gives back the work of every lease still open, with no attempt counted, and ends
+    /// those leases with `outcome`: for a run that stops while leases are in flight.
+    pub fn release_open_leases(&mut self, outcome: &str) -> rusqlite::Result<()> {
+        self.unlease_all()?;
         self.conn.execute(
             "UPDATE leases SET ended_ms = ?1, outcome = ?2 WHERE ended_ms IS NULL",
             params![alldocs_proto::now_unix_ms(), outcome],

@@ -119,17 +119,18 @@ impl Db {
                      attempts = CASE WHEN status IN ('stored', 'missing')
                                      AND stored_rev IS excluded.indexed_rev
                                 THEN attempts ELSE 0 END,
-                     last_error = NULL, lease_token = NULL",
+                     last_error = NULL, lease_token = NULL
+                 RETURNING status = 'pending'",
             )?
-            .execute(params![
-                change.name,
-                partition_of(plan, &change.name),
-                change.rev,
-                self.run
-            ])?;
-        self.conn
-            .prepare_cached("SELECT status = 'pending' FROM packages WHERE name = ?1")?
-            .query_row([&change.name], |r| r.get(0))
+            .query_row(
+                params![
+                    change.name,
+                    partition_of(plan, &change.name),
+                    change.rev,
+                    self.run
+                ],
+                |r| r.get(0),
+            )
     }
 
     /// The feed was reset under us: a new run indexes everything again (packuments whose
@@ -152,8 +153,6 @@ pub struct FollowSettings {
     pub page_size: u32,
     /// Pending packuments at which catching up pauses to fetch them.
     pub batch: u64,
-    /// Remove a deleted package's object (else it is kept).
-    pub delete_objects: bool,
 }
 
 /// What catching up found.
@@ -174,6 +173,7 @@ pub struct Tail {
     pub plan: Arc<Vec<Partition>>,
     pub budget: Arc<Budget>,
     pub stats: Arc<Stats>,
+    /// With `--delete-objects`: where a deleted package's object is removed (else kept).
     pub store: Option<Store>,
     pub settings: FollowSettings,
 }

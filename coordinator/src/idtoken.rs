@@ -176,15 +176,8 @@ impl IdTokens {
             .get(&url)
             .query(&[("audience", audience), ("format", "full")])
             .header("Metadata-Flavor", "Google")
-            .send()
-            .await
-            .map_err(|e| fail(error_chain(&e)))?;
-        let status = response.status();
-        let body = response.text().await.map_err(|e| fail(error_chain(&e)))?;
-        if !status.is_success() {
-            return Err(fail(format!("HTTP {status}: {}", excerpt(&body))));
-        }
-        Ok(body.trim().to_string())
+            .send();
+        Ok(answer_body(response, fail).await?.trim().to_string())
     }
 }
 
@@ -249,14 +242,8 @@ impl ServiceAccount {
                 ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
                 ("assertion", assertion.as_str()),
             ])
-            .send()
-            .await
-            .map_err(|e| fail(error_chain(&e)))?;
-        let status = response.status();
-        let body = response.text().await.map_err(|e| fail(error_chain(&e)))?;
-        if !status.is_success() {
-            return Err(fail(format!("HTTP {status}: {}", excerpt(&body))));
-        }
+            .send();
+        let body = answer_body(response, fail).await?;
         #[derive(Deserialize)]
         struct Answer {
             id_token: Option<String>,
@@ -266,6 +253,21 @@ impl ServiceAccount {
             .and_then(|a| a.id_token)
             .ok_or_else(|| fail("the answer has no id_token".into()))
     }
+}
+
+/// The body of a token request's answer; a failed request or a non-success status is
+/// `fail(reason)`.
+async fn answer_body<E>(
+    sent: impl std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+    fail: impl Fn(String) -> E,
+) -> Result<String, E> {
+    let response = sent.await.map_err(|e| fail(error_chain(&e)))?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| fail(error_chain(&e)))?;
+    if !status.is_success() {
+        return Err(fail(format!("HTTP {status}: {}", excerpt(&body))));
+    }
+    Ok(body)
 }
 
 /// The `exp` claim (Unix seconds) of a JWT, read without checking its signature (the

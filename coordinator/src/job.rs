@@ -325,7 +325,6 @@ impl Running {
                     interval: args.follow_interval,
                     page_size: args.page_size,
                     batch: u64::from(args.lease_size) * u64::from(args.max_in_flight),
-                    delete_objects: args.delete_objects,
                 },
             })),
         };
@@ -382,7 +381,10 @@ impl Running {
         loop {
             let caught = tokio::select! {
                 caught = tail.catch_up() => caught,
-                _ = stop.as_mut() => return Ok(stopped_following(tail)),
+                _ = stop.as_mut() => {
+                    say_where_following_stopped(tail);
+                    return Ok(false);
+                }
             };
             match caught {
                 Ok(Caught::Pending(_) | Caught::Reset) => return Ok(true),
@@ -396,7 +398,10 @@ impl Running {
             tokio::select! {
                 _ = tokio::time::sleep(tail.settings.interval) => {}
                 _ = self.retried.notified() => return Ok(true),
-                _ = stop.as_mut() => return Ok(stopped_following(tail)),
+                _ = stop.as_mut() => {
+                    say_where_following_stopped(tail);
+                    return Ok(false);
+                }
                 r = &mut self.server => {
                     r??;
                     return Ok(false);
@@ -511,8 +516,8 @@ impl Running {
     }
 }
 
-/// Says where following stopped; returns `false` (do not run again).
-fn stopped_following(tail: &Tail) -> bool {
+/// Says where following stopped, and how to carry on.
+fn say_where_following_stopped(tail: &Tail) {
     let seq = tail
         .stats
         .feed()
@@ -522,7 +527,6 @@ fn stopped_following(tail: &Tail) -> bool {
     eprintln!(
         "stopped following at feed sequence {seq}; the checkpoint keeps it: `coordinator serve --follow` with the same --db carries on from there"
     );
-    false
 }
 
 /// The coordinator's gRPC server: the API (behind the admin token, if one is set),

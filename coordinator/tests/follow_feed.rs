@@ -117,7 +117,6 @@ async fn setup(origin: &str) -> Setup {
             interval: Duration::from_millis(10),
             page_size: 2,
             batch: 1000,
-            delete_objects: false,
         },
     };
     tail.begin(opened).await.unwrap();
