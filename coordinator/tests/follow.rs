@@ -74,21 +74,28 @@ async fn assert_current(peer: &PouchServer, data: &Path, names: &[String]) -> an
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_keeps_the_snapshot_current_and_a_restart_resumes_the_feed() -> anyhow::Result<()> {
-    let peer = PouchServer::start().await?;
-    let first: Vec<String> = (0..30).map(|i| format!("pkg-{i:02}")).collect();
-    let mut revs: BTreeMap<String, String> = peer
-        .load(first.iter().map(|n| tiny_doc(n)).collect())
-        .await?
-        .into_iter()
-        .collect();
-    let proxy = CountingProxy::start(&peer.db_url()).await?;
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    // Two changes per feed request at 10 requests per second: catching up on 41 changes
-    // takes about two seconds, long enough to be stopped in the middle.
-    let follow_args = |extra: &[&str]| {
+/// One follower's world: the peer, the counting proxy in front of it, the follower's
+/// directory, and the revision of each document now.
+struct World {
+    peer: PouchServer,
+    proxy: CountingProxy,
+    dir: tempfile::TempDir,
+    revs: BTreeMap<String, String>,
+}
+
+impl World {
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn db(&self) -> std::path::PathBuf {
+        self.dir.path().join("alldocs.sqlite")
+    }
+
+    /// `serve --follow`: two changes per feed request at 10 requests per second, so
+    /// catching up on 41 changes takes about two seconds, long enough to be stopped in the
+    /// middle.
+    fn serve(&self, extra: &[&str]) -> anyhow::Result<Listening> {
         let mut a = vec![
             "--follow",
             "--follow-interval",
@@ -103,96 +110,160 @@ async fn follow_keeps_the_snapshot_current_and_a_restart_resumes_the_feed() -> a
             "1",
         ];
         a.extend_from_slice(extra);
-        job_args("serve", dir.path(), &proxy.url(), &a)
+        let argv = job_args("serve", self.dir.path(), &self.proxy.url(), &a);
+        Listening::start(&coordinator(), &argv, &[])
+    }
+
+    async fn load(&mut self, docs: Vec<Value>) -> anyhow::Result<()> {
+        self.revs.extend(self.peer.load(docs).await?);
+        Ok(())
+    }
+
+    /// Published, updated and deleted while following: returns the live names.
+    async fn live_changes(
+        &mut self,
+        serve: &Listening,
+        first: &[String],
+    ) -> anyhow::Result<Vec<String>> {
+        self.load(vec![
+            tiny_doc("new-one"),
+            updated("pkg-03", &self.revs["pkg-03"], "2.0.0"),
+            deleted("pkg-07", &self.revs["pkg-07"]),
+        ])
+        .await?;
+        let target = head(&self.peer).await?;
+        let p = wait_until(&serve.url(), |p| following(p) && seq_of(p) == target).await?;
+        assert_eq!(
+            (p.packuments_done, p.packuments_deleted, p.packuments_total),
+            (30, 1, 30),
+            "one new, one refetched, one deleted: {p:?}"
+        );
+        let live: Vec<String> = first
+            .iter()
+            .filter(|n| *n != "pkg-07")
+            .cloned()
+            .chain(["new-one".to_string()])
+            .collect();
+        assert_current(&self.peer, &self.data(), &live).await?;
+        assert_eq!(checkpoint_statuses(&self.db())["pkg-07"], "deleted");
+        assert!(
+            stored_files(&self.data()).contains_key("pkg-07"),
+            "a deleted package's object is kept by default"
+        );
+        let proxy = &self.proxy;
+        assert_eq!(
+            (proxy.fetches_of("new-one"), proxy.fetches_of("pkg-03")),
+            (1, 2)
+        );
+        assert_eq!(proxy.fetches_of("pkg-07"), 1, "a deletion needs no request");
+        Ok(live)
+    }
+
+    /// 41 changes: 20 updates, 20 new packages, one deletion last; the follower is killed
+    /// while it applies them. Returns the new names and the feed's head.
+    async fn kill_mid_feed(&mut self, mut serve: Listening) -> anyhow::Result<(Vec<String>, u64)> {
+        let before = head(&self.peer).await?;
+        let mut batch: Vec<Value> = (10..30)
+            .map(|i| {
+                let n = format!("pkg-{i:02}");
+                updated(&n, &self.revs[&n], "3.0.0")
+            })
+            .collect();
+        let added: Vec<String> = (0..20).map(|i| format!("added-{i:02}")).collect();
+        batch.extend(added.iter().map(|n| tiny_doc(n)));
+        batch.push(deleted("pkg-00", &self.revs["pkg-00"]));
+        self.load(batch).await?;
+        let target = head(&self.peer).await?;
+        assert_eq!(target, before + 41);
+        let p = wait_until(&serve.url(), |p| seq_of(p) > before).await?;
+        assert!(
+            seq_of(&p) <= target - 10,
+            "stopped while applying the feed: {p:?}"
+        );
+        serve.kill()?;
+        let recorded = rusqlite::Connection::open(self.db())?.query_row(
+            "SELECT value FROM meta WHERE key = 'follow_seq'",
+            [],
+            |r| r.get::<_, String>(0),
+        )?;
+        let recorded: u64 = recorded.parse()?;
+        assert!(
+            recorded > before && recorded < target,
+            "the kill came mid-feed at {recorded}"
+        );
+        Ok((added, target))
+    }
+
+    /// `status` shows the feed; `index` leaves deleted packages out; `show` says why.
+    fn check_reads(&self, serve: Listening, target: u64, live: &[String]) -> anyhow::Result<()> {
+        let (code, out, err) = run(
+            &coordinator(),
+            &args(&["status", "--addr", &serve.url()]),
+            &[],
+        )?;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("following"), "{out}");
+        let feed = format!("seq {target} of {target} (caught up), 2 deleted");
+        assert!(out.contains(&feed), "{out}");
+        drop(serve);
+        let db = self.db();
+        let db_arg = db.to_str().unwrap();
+        let (code, out, _) = run(&coordinator(), &args(&["index", "--db", db_arg]), &[])?;
+        assert_eq!(code, 0);
+        let names: Vec<&str> = out.lines().map(|l| l.split('\t').next().unwrap()).collect();
+        assert_eq!(names.len(), live.len());
+        assert!(!names.contains(&"pkg-00") && !names.contains(&"pkg-07"));
+        let (code, _, err) = run(
+            &coordinator(),
+            &args(&["show", "pkg-07", "--db", db_arg]),
+            &[],
+        )?;
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("the _changes feed said it was deleted"),
+            "{err}"
+        );
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_keeps_the_snapshot_current_and_a_restart_resumes_the_feed() -> anyhow::Result<()> {
+    let peer = PouchServer::start().await?;
+    let first: Vec<String> = (0..30).map(|i| format!("pkg-{i:02}")).collect();
+    let revs = peer
+        .load(first.iter().map(|n| tiny_doc(n)).collect())
+        .await?;
+    let proxy = CountingProxy::start(&peer.db_url()).await?;
+    let mut world = World {
+        peer,
+        proxy,
+        dir: tempfile::tempdir()?,
+        revs: revs.into_iter().collect(),
     };
-    let mut serve = Listening::start(&coordinator(), &follow_args(&[]), &[])?;
+    let serve = world.serve(&[])?;
     let p = wait_until(&serve.url(), |p| following(p) && p.feed_lag == 0).await?;
     assert_eq!(
         (p.packuments_done, &p.feed_head_seq),
         (30, &p.feed_seq),
         "{p:?}"
     );
-    assert_current(&peer, &data, &first).await?;
+    assert_current(&world.peer, &world.data(), &first).await?;
+    let live = world.live_changes(&serve, &first).await?;
+    let (added, target) = world.kill_mid_feed(serve).await?;
 
-    // Published, updated and deleted while following.
-    let changed = peer
-        .load(vec![
-            tiny_doc("new-one"),
-            updated("pkg-03", &revs["pkg-03"], "2.0.0"),
-            deleted("pkg-07", &revs["pkg-07"]),
-        ])
-        .await?;
-    revs.extend(changed);
-    let target = head(&peer).await?;
-    let p = wait_until(&serve.url(), |p| following(p) && seq_of(p) == target).await?;
-    assert_eq!(
-        (p.packuments_done, p.packuments_deleted, p.packuments_total),
-        (30, 1, 30),
-        "one new, one refetched, one deleted: {p:?}"
-    );
-    let live: Vec<String> = first
-        .iter()
-        .filter(|n| *n != "pkg-07")
-        .cloned()
-        .chain(["new-one".to_string()])
-        .collect();
-    assert_current(&peer, &data, &live).await?;
-    let statuses = checkpoint_statuses(&dir.path().join("alldocs.sqlite"));
-    assert_eq!(statuses["pkg-07"], "deleted");
-    assert!(
-        stored_files(&data).contains_key("pkg-07"),
-        "a deleted package's object is kept by default"
-    );
-    assert_eq!(
-        (proxy.fetches_of("new-one"), proxy.fetches_of("pkg-03")),
-        (1, 2)
-    );
-    assert_eq!(proxy.fetches_of("pkg-07"), 1, "a deletion needs no request");
-
-    // 41 changes: 20 updates, 20 new packages, one deletion last; the follower is killed
-    // while it applies them, then started again with --delete-objects.
-    let before = seq_of(&p);
-    let mut batch: Vec<Value> = (10..30)
-        .map(|i| {
-            let n = format!("pkg-{i:02}");
-            updated(&n, &revs[&n], "3.0.0")
-        })
-        .collect();
-    let added: Vec<String> = (0..20).map(|i| format!("added-{i:02}")).collect();
-    batch.extend(added.iter().map(|n| tiny_doc(n)));
-    batch.push(deleted("pkg-00", &revs["pkg-00"]));
-    peer.load(batch).await?;
-    let target = head(&peer).await?;
-    assert_eq!(target, before + 41);
-    let p = wait_until(&serve.url(), |p| seq_of(p) > before).await?;
-    assert!(
-        seq_of(&p) <= target - 10,
-        "stopped while applying the feed: {p:?}"
-    );
-    serve.kill()?;
-    let db = dir.path().join("alldocs.sqlite");
-    let recorded = rusqlite::Connection::open(&db)?.query_row(
-        "SELECT value FROM meta WHERE key = 'follow_seq'",
-        [],
-        |r| r.get::<_, String>(0),
-    )?;
-    let recorded: u64 = recorded.parse()?;
-    assert!(
-        recorded > before && recorded < target,
-        "the kill came mid-feed at {recorded}"
-    );
-
-    let serve = Listening::start(&coordinator(), &follow_args(&["--delete-objects"]), &[])?;
+    // Started again with --delete-objects.
+    let serve = world.serve(&["--delete-objects"])?;
     let p = wait_until(&serve.url(), |p| following(p) && seq_of(p) == target).await?;
     assert_eq!((p.packuments_done, p.packuments_deleted), (49, 2), "{p:?}");
     let live: Vec<String> = live
         .into_iter()
         .filter(|n| n != "pkg-00")
-        .chain(added.clone())
+        .chain(added)
         .collect();
-    assert_current(&peer, &data, &live).await?;
+    assert_current(&world.peer, &world.data(), &live).await?;
     assert!(
-        !stored_files(&data).contains_key("pkg-00"),
+        !stored_files(&world.data()).contains_key("pkg-00"),
         "--delete-objects removed it"
     );
     // Nothing missed, nothing fetched twice: each package as often as it changed.
@@ -202,39 +273,9 @@ async fn follow_keeps_the_snapshot_current_and_a_restart_resumes_the_feed() -> a
             n if n.starts_with("pkg-1") || n.starts_with("pkg-2") => 2,
             _ => 1,
         };
-        assert_eq!(proxy.fetches_of(name), want, "requests for {name}");
+        assert_eq!(world.proxy.fetches_of(name), want, "requests for {name}");
     }
-
-    // `status` shows the feed; `index` leaves deleted packages out; `show` says why.
-    let (code, out, err) = run(
-        &coordinator(),
-        &args(&["status", "--addr", &serve.url()]),
-        &[],
-    )?;
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("following"), "{out}");
-    assert!(
-        out.contains(&format!("seq {target} of {target} (caught up), 2 deleted")),
-        "{out}"
-    );
-    drop(serve);
-    let db_arg = db.to_str().unwrap();
-    let (code, out, _) = run(&coordinator(), &args(&["index", "--db", db_arg]), &[])?;
-    assert_eq!(code, 0);
-    let names: Vec<&str> = out.lines().map(|l| l.split('\t').next().unwrap()).collect();
-    assert_eq!(names.len(), live.len());
-    assert!(!names.contains(&"pkg-00") && !names.contains(&"pkg-07"));
-    let (code, _, err) = run(
-        &coordinator(),
-        &args(&["show", "pkg-07", "--db", db_arg]),
-        &[],
-    )?;
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("the _changes feed said it was deleted"),
-        "{err}"
-    );
-    Ok(())
+    world.check_reads(serve, target, &live)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
