@@ -66,6 +66,39 @@ async fn health_serving(url: &str) -> anyhow::Result<i32> {
     Ok(answer.into_inner().status)
 }
 
+/// A fetcher started as Cloud Run starts it (`PORT`, platform auth, allow-lists for this
+/// run), checked to listen on every interface and answer h2c health.
+async fn cloud_run_fetcher(
+    sim: &SimServer,
+    data: &std::path::Path,
+    port: &str,
+) -> anyhow::Result<Fetcher> {
+    let cloud_run = Fetcher::start(
+        &[
+            "--allow-store",
+            data.to_str().unwrap(),
+            "--allow-origin",
+            &sim.url(),
+        ],
+        &[
+            ("PORT", port),
+            ("ALLDOCS_TRUST_PLATFORM_AUTH", "1"),
+            ("RUST_LOG", "info"),
+        ],
+    )?;
+    assert_eq!(cloud_run.proc.addr, format!("0.0.0.0:{port}"));
+    assert!(
+        listens_on_all_interfaces(port.parse()?)?,
+        "bound to 0.0.0.0:{port}"
+    );
+    assert_eq!(
+        health_serving(&cloud_run.url()).await?,
+        1,
+        "SERVING over h2c"
+    );
+    Ok(cloud_run)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloud_run_fetcher_stopped_mid_lease_costs_nothing() -> anyhow::Result<()> {
     let sim = SimServer::start(
@@ -81,29 +114,7 @@ async fn a_cloud_run_fetcher_stopped_mid_lease_costs_nothing() -> anyhow::Result
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let port = free_port()?.to_string();
-    let cloud_run = Fetcher::start(
-        &[
-            "--allow-store",
-            data.to_str().unwrap(),
-            "--allow-origin",
-            &sim.url(),
-        ],
-        &[
-            ("PORT", &port),
-            ("ALLDOCS_TRUST_PLATFORM_AUTH", "1"),
-            ("RUST_LOG", "info"),
-        ],
-    )?;
-    assert_eq!(cloud_run.proc.addr, format!("0.0.0.0:{port}"));
-    assert!(
-        listens_on_all_interfaces(port.parse()?)?,
-        "bound to 0.0.0.0:{port}"
-    );
-    assert_eq!(
-        health_serving(&cloud_run.url()).await?,
-        1,
-        "SERVING over h2c"
-    );
+    let cloud_run = cloud_run_fetcher(&sim, &data, &port).await?;
     let other = Fetcher::start(&["--listen", "127.0.0.1:0"], &[("RUST_LOG", "info")])?;
 
     let opts = [
@@ -146,9 +157,13 @@ async fn a_cloud_run_fetcher_stopped_mid_lease_costs_nothing() -> anyhow::Result
             "{name}"
         );
     }
-    // It was stopped mid-lease: that lease's rest went back without an attempt counted,
-    // and the other fetcher took the work on.
-    let leases = leases(&dir.path().join("alldocs.sqlite"))?;
+    taken_on_by_the_other(&dir.path().join("alldocs.sqlite"), &port, &other.url())
+}
+
+/// It was stopped mid-lease: that lease's rest went back without an attempt counted, and
+/// the other fetcher took the work on.
+fn taken_on_by_the_other(db: &std::path::Path, port: &str, other: &str) -> anyhow::Result<()> {
+    let leases = leases(db)?;
     let stopped_at = leases
         .iter()
         .position(|(f, o)| {
@@ -158,7 +173,7 @@ async fn a_cloud_run_fetcher_stopped_mid_lease_costs_nothing() -> anyhow::Result
     assert!(
         leases[stopped_at..]
             .iter()
-            .any(|(f, o)| *f == other.url() && o == "finished"),
+            .any(|(f, o)| *f == other && o == "finished"),
         "{leases:#?}"
     );
     Ok(())

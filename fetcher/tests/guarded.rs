@@ -14,7 +14,7 @@ use alldocs_tests::{
     recording::{Answer, RecordingOrigin, Seen},
     support::{index_lease, packument_lease},
 };
-use common::{call, command, fetch, files_under, items, stored_and_failed, Fetcher};
+use common::{call, command, fetch, files_under, items, refused, stored_and_failed, Fetcher};
 use tonic::Code;
 
 const TOKEN: &str = "fetcher-t0ken-7f3a9c";
@@ -150,18 +150,14 @@ async fn stores_and_origins_outside_the_allow_lists_are_permission_denied() -> a
         "memory://x".to_string(),
     ];
     for store in &denied_stores {
-        let refused = fetch(
+        let lease = packument_lease(&registry, store, &items(2));
+        refused(
             &mut client,
-            call(packument_lease(&registry, store, &items(2)), None),
-        )
-        .await
-        .expect_err("refused");
-        assert_eq!(
-            refused.code(),
+            lease,
             Code::PermissionDenied,
-            "{store}: {refused:?}"
-        );
-        assert!(refused.message().contains("--allow-store"), "{refused:?}");
+            &["--allow-store"],
+        )
+        .await;
     }
     let denied_origins = [
         other.url(),
@@ -172,25 +168,18 @@ async fn stores_and_origins_outside_the_allow_lists_are_permission_denied() -> a
         format!("https://{}/npm", origin.addr()),
     ];
     for url in &denied_origins {
-        let refused = fetch(
-            &mut client,
-            call(packument_lease(url, &at("allowed"), &items(2)), None),
-        )
-        .await
-        .expect_err("refused");
-        assert_eq!(refused.code(), Code::PermissionDenied, "{url}: {refused:?}");
-        assert!(refused.message().contains("--allow-origin"), "{refused:?}");
-        assert!(refused.message().contains("--registry"), "{refused:?}");
+        let lease = packument_lease(url, &at("allowed"), &items(2));
+        let flags = ["--allow-origin", "--registry"];
+        refused(&mut client, lease, Code::PermissionDenied, &flags).await;
     }
     let index = index_lease(&other.url(), &at("allowed"), Some("a"), Some("b"), 100);
-    let refused = fetch(&mut client, call(index, None))
-        .await
-        .expect_err("refused");
-    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
-    assert!(
-        refused.message().contains("--replicate-origin"),
-        "{refused:?}"
-    );
+    refused(
+        &mut client,
+        index,
+        Code::PermissionDenied,
+        &["--replicate-origin"],
+    )
+    .await;
     assert_eq!(
         (origin.seen(), other.seen()),
         (vec![], vec![]),
@@ -499,7 +488,23 @@ async fn a_registry_token_goes_only_to_its_scheme_host_port_and_path() -> anyhow
         .await?;
         assert_eq!(stored_and_failed(&events), (6, 0), "{url}: {events:?}");
     }
-    let bearer = Some(format!("Bearer {NPM_TOKEN}"));
+    let expected = expected_headers(&names, NPM_TOKEN);
+    let seen = seen_by(&[
+        ("registry", &registry),
+        ("other-port", &other_port),
+        ("other-host", &other_host),
+    ]);
+    assert_eq!(seen, expected);
+    assert!(!fetcher.log().contains(NPM_TOKEN));
+    drop(fetcher);
+
+    no_token_over_http(&registry, port, NPM_TOKEN, store, &items[..1]).await
+}
+
+/// What each origin should have seen for the leases of the token test: the path, and the
+/// token only on the registry's own host, port and path.
+fn expected_headers(names: &[&str], token: &str) -> Vec<(String, String, Option<String>)> {
+    let bearer = Some(format!("Bearer {token}"));
     let entry = |label: &str, path: &str, token: bool| {
         (
             label.to_string(),
@@ -514,31 +519,36 @@ async fn a_registry_token_goes_only_to_its_scheme_host_port_and_path() -> anyhow
         entry("other-port", "/npm/to-port", false),
         entry("other-host", "/npm/to-host", false),
     ];
-    for name in names {
+    for &name in names {
         expected.push(entry("registry", &format!("/npm/{name}"), true));
         expected.push(entry("other-port", &format!("/npm/{name}"), false));
         expected.push(entry("registry", &format!("/npmx/{name}"), false));
     }
     expected.sort();
-    let seen = seen_by(&[
-        ("registry", &registry),
-        ("other-port", &other_port),
-        ("other-host", &other_host),
-    ]);
-    assert_eq!(seen, expected);
-    assert!(!fetcher.log().contains(NPM_TOKEN));
-    drop(fetcher);
+    expected
+}
 
-    // The same registry configured for https: a lease naming it over http gets no token.
+/// The token test's registry configured for https: a lease naming it over http gets no
+/// token.
+async fn no_token_over_http(
+    registry: &RecordingOrigin,
+    port: u16,
+    token: &str,
+    store: &str,
+    items: &[(String, String)],
+) -> anyhow::Result<()> {
+    let here = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir()?;
     std::fs::write(
         dir.path().join(".npmrc"),
-        format!("registry=https://127.0.0.1:{port}/npm/\n//127.0.0.1:{port}/npm/:_authToken={NPM_TOKEN}\n"),
+        format!(
+            "registry=https://127.0.0.1:{port}/npm/\n//127.0.0.1:{port}/npm/:_authToken={token}\n"
+        ),
     )?;
     let before = registry.seen().len();
     let fetcher = Fetcher::start_in(dir, &["--listen", "127.0.0.1:0"], &[])?;
     let mut client = fetcher.client().await?;
-    let lease = packument_lease(&format!("{here}/npm"), store, &items[..1]);
+    let lease = packument_lease(&format!("{here}/npm"), store, items);
     let events = fetch(&mut client, call(lease, None)).await?;
     assert_eq!(stored_and_failed(&events), (1, 0), "{events:?}");
     let after = registry.seen();

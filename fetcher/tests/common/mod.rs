@@ -127,6 +127,23 @@ pub async fn fetch(
     Ok(events)
 }
 
+/// Sends `lease` (no token) and checks it is refused with `code`, the message naming each
+/// of `names` (the flag to set); returns the refusal.
+pub async fn refused(
+    client: &mut FetcherClient<Channel>,
+    lease: Lease,
+    code: tonic::Code,
+    names: &[&str],
+) -> tonic::Status {
+    let what = format!("{:?}", lease.work);
+    let refused = fetch(client, call(lease, None)).await.expect_err("refused");
+    assert_eq!(refused.code(), code, "{what}: {refused:?}");
+    for name in names {
+        assert!(refused.message().contains(name), "{name}: {refused:?}");
+    }
+    refused
+}
+
 /// `(stored, failed)` events of a lease.
 pub fn stored_and_failed(events: &[Event]) -> (usize, usize) {
     let stored = events
