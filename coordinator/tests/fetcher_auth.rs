@@ -196,26 +196,15 @@ async fn token_mode_without_the_token_is_refused_before_anything_is_written() ->
 /// What Cloud Run's IAM check answers a caller it refuses: a plain HTTP 403 (or 401) with
 /// an HTML page, no gRPC status. Served here by an HTTP/2 front on loopback.
 async fn iam_front(status: u16) -> anyhow::Result<String> {
-    use http_body_util::Full;
-    use hyper::server::conn::http2;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req| async move {
-                    let page = "<html><head><title>403 Forbidden</title></head><body><h1>Error: Forbidden</h1><h2>Your client does not have permission to get URL from this server.</h2></body></html>";
-                    hyper::Response::builder()
-                        .status(status)
-                        .header("content-type", "text/html; charset=UTF-8")
-                        .body(Full::new(bytes::Bytes::from(page)))
-                });
-                let _ = http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+    alldocs_tests::loopback::serve_http(listener, move |_req| async move {
+        let page = "<html><head><title>403 Forbidden</title></head><body><h1>Error: Forbidden</h1><h2>Your client does not have permission to get URL from this server.</h2></body></html>";
+        hyper::Response::builder()
+            .status(status)
+            .header("content-type", "text/html; charset=UTF-8")
+            .body(http_body_util::Full::new(bytes::Bytes::from(page)))
+            .expect("a valid response")
     });
     Ok(url)
 }

@@ -5,7 +5,6 @@
 
 use std::{
     collections::VecDeque,
-    convert::Infallible,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -21,11 +20,7 @@ use alldocs_coordinator::{
 use alldocs_fetcher::{http::RetryPolicy, npmrc::Credentials};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{service::service_fn, Response};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
+use hyper::Response;
 use serde_json::json;
 
 /// What the endpoint answers: its head, and the `_changes` answers in turn (status, body).
@@ -40,19 +35,9 @@ struct Script {
 async fn endpoint(script: Arc<Mutex<Script>>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let script = script.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: hyper::Request<_>| {
-                    let script = script.clone();
-                    async move { Ok::<_, Infallible>(answer(&script, req.uri())) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+    alldocs_tests::loopback::serve_http(listener, move |req: hyper::Request<_>| {
+        let script = script.clone();
+        async move { answer(&script, req.uri()) }
     });
     format!("http://{addr}")
 }

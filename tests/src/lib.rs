@@ -6,6 +6,7 @@ pub mod fixtures;
 pub mod gcs;
 pub mod hostile_origin;
 pub mod hostile_registry;
+pub mod loopback;
 pub mod pouch;
 pub mod procs;
 pub mod proxy;

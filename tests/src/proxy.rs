@@ -4,19 +4,14 @@
 
 use std::{
     collections::BTreeMap,
-    convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{service::service_fn, Request, Response, StatusCode};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
-use tokio::{net::TcpListener, task::JoinSet};
+use hyper::{Request, Response, StatusCode};
+use tokio::net::TcpListener;
 
 /// A running proxy.
 pub struct CountingProxy {
@@ -42,7 +37,11 @@ impl CountingProxy {
             client: reqwest::Client::new(),
             counts: Mutex::default(),
         });
-        let task = tokio::spawn(serve(listener, shared.clone()));
+        let forwarding = shared.clone();
+        let task = crate::loopback::serve_http(listener, move |req| {
+            let shared = forwarding.clone();
+            async move { shared.forward(req).await }
+        });
         Ok(Self { addr, shared, task })
     }
 
@@ -70,24 +69,6 @@ impl CountingProxy {
 impl Drop for CountingProxy {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let mut connections = JoinSet::new();
-    while let Ok((stream, _)) = listener.accept().await {
-        let (shared, builder) = (shared.clone(), builder.clone());
-        connections.spawn(async move {
-            let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(shared.forward(req).await) }
-            });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-        while connections.try_join_next().is_some() {}
     }
 }
 

@@ -6,7 +6,6 @@
 #![allow(dead_code)]
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -15,14 +14,11 @@ use std::{
 
 use alldocs_fetcher::{npmrc::Credentials, FetchService};
 use alldocs_proto::v1::fetcher_server::FetcherServer;
+use alldocs_tests::loopback::serve_http;
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{service::service_fn, Request as HttpRequest, Response, StatusCode};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
+use hyper::{Request as HttpRequest, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Status};
@@ -227,28 +223,6 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r
-}
-
-/// Serves `handle` on `listener` over HTTP/1.1 and HTTP/2.
-fn serve_http<F, Fut>(listener: TcpListener, handle: F) -> tokio::task::JoinHandle<()>
-where
-    F: Fn(HttpRequest<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
-{
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let handle = handle.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let handle = handle.clone();
-                    async move { Ok::<_, Infallible>(handle(req).await) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    })
 }
 
 /// One request to the fake metadata server.
