@@ -236,6 +236,9 @@ impl Checkpoint {
         // Every commit reaches the disk before its callers hear of it: a `stored` row
         // survives a power loss (its object was made durable before the event was sent).
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Statement journals (every batch's savepoint has one) and sorts stay in memory:
+        // on disk they were temporary files created, grown and deleted all run long.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         // Room for every statement the checkpoint thread prepares once and reuses.
         conn.set_prepared_statement_cache_capacity(64);
         crate::schema::check_version(&conn, &shown)?;

@@ -609,28 +609,49 @@ fn vm_hwm_kb(pid: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Samples a child's `VmHWM` every [`RSS_POLL`] until it exits; keeps the largest value.
-struct PeakRss(Arc<AtomicU64>);
+/// Samples a child every [`RSS_POLL`] until it exits: its `VmHWM` (the largest value is
+/// kept) and the CPU time of its thread named [`CHECKPOINT_THREAD`] (the coordinator's
+/// SQLite writer; the last sample before the exit is kept, so up to one interval of that
+/// thread's work at the very end is not counted).
+struct PeakRss {
+    peak_kb: Arc<AtomicU64>,
+    checkpoint_cpu_ms: Arc<AtomicU64>,
+}
+
+/// The name of the coordinator's checkpoint thread.
+const CHECKPOINT_THREAD: &str = "checkpoint";
 
 impl PeakRss {
     fn watch(pid: Option<u32>) -> PeakRss {
-        let peak = Arc::new(AtomicU64::new(0));
+        let peak_kb = Arc::new(AtomicU64::new(0));
+        let checkpoint_cpu_ms = Arc::new(AtomicU64::new(0));
         if let Some(pid) = pid {
-            let peak = peak.clone();
+            let (peak, cpu) = (peak_kb.clone(), checkpoint_cpu_ms.clone());
             let pid = pid.to_string();
             tokio::spawn(async move {
                 // VmHWM only grows; it disappears when the process exits (or is a zombie).
                 while let Some(kb) = vm_hwm_kb(&pid) {
                     peak.fetch_max(kb, Ordering::Relaxed);
+                    if let Ok(used) = ceiling::threads_cpu(&pid, CHECKPOINT_THREAD) {
+                        cpu.fetch_max(used.as_millis() as u64, Ordering::Relaxed);
+                    }
                     tokio::time::sleep(RSS_POLL).await;
                 }
             });
         }
-        PeakRss(peak)
+        PeakRss {
+            peak_kb,
+            checkpoint_cpu_ms,
+        }
     }
 
     fn kb(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.peak_kb.load(Ordering::Relaxed)
+    }
+
+    /// CPU time of the checkpoint thread at the last sample.
+    fn checkpoint_cpu(&self) -> Duration {
+        Duration::from_millis(self.checkpoint_cpu_ms.load(Ordering::Relaxed))
     }
 }
 
@@ -707,6 +728,8 @@ struct RunOutcome {
     /// CPU time (user + system) of the coordinator process, its fetchers included when
     /// they are in-process.
     cpu: Duration,
+    /// The part of `cpu` spent by its checkpoint thread (SQLite).
+    checkpoint_cpu: Duration,
     log: PathBuf,
 }
 
@@ -773,6 +796,7 @@ async fn run_coordinator(
         index_done,
         peak_rss_kb: rss.kb(),
         cpu,
+        checkpoint_cpu: rss.checkpoint_cpu(),
         log: log.to_path_buf(),
     })
 }
@@ -968,6 +992,10 @@ impl Report {
             "CPU s per 1,000 packuments: coordinator",
             opt(self.cpu_per_1000(self.first.cpu), 3),
         );
+        t.row(
+            "  of which its checkpoint thread (SQLite)",
+            opt(self.cpu_per_1000(self.first.checkpoint_cpu), 3),
+        );
         if !self.fetcher_cpu.is_empty() {
             t.row(
                 "CPU s per 1,000 packuments: fetchers",
@@ -1124,6 +1152,7 @@ impl Report {
                 "index_done_seconds": r.index_done.map(secs),
                 "coordinator_peak_rss_kib": r.peak_rss_kb,
                 "coordinator_cpu_seconds": secs(r.cpu),
+                "checkpoint_thread_cpu_seconds": secs(r.checkpoint_cpu),
                 "sim": s,
             })
         };
@@ -1140,6 +1169,7 @@ impl Report {
             "ratio_to_npm_client": self.ratio_to_npm_client(),
             "coordinator_cpu_seconds": secs(self.first.cpu),
             "coordinator_cpu_seconds_per_1000": self.cpu_per_1000(self.first.cpu),
+            "coordinator_checkpoint_thread_cpu_seconds_per_1000": self.cpu_per_1000(self.first.checkpoint_cpu),
             "fetchers_cpu_seconds": secs(self.fetchers_cpu()),
             "fetchers_cpu_seconds_per_1000": self.cpu_per_1000(self.fetchers_cpu()),
             "coordinator_peak_rss_kib": self.first.peak_rss_kb,

@@ -49,7 +49,7 @@ pub async fn run_bare_loop(
             .build()?;
         let result = runtime.block_on(bare_loop(&registry, names, &store_dir, concurrency));
         // Before the runtime (and its threads) go away.
-        let cpu = threads_cpu(THREAD_NAME)?;
+        let cpu = threads_cpu("self", THREAD_NAME)?;
         drop(runtime);
         result.map(|mut c| {
             c.cpu = cpu;
@@ -115,10 +115,11 @@ async fn bare_loop(
     })
 }
 
-/// User + system CPU time of this process's threads named `name` (`/proc/self/task`).
-fn threads_cpu(name: &str) -> Result<Duration> {
+/// User + system CPU time of the threads named `name` of process `pid` (a number or
+/// `self`), from `/proc/PID/task`.
+pub fn threads_cpu(pid: &str, name: &str) -> Result<Duration> {
     let mut ticks = 0u64;
-    for task in std::fs::read_dir("/proc/self/task")? {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let task = task?.path();
         let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
             continue;
