@@ -68,6 +68,10 @@ impl Credentials {
 
     /// The token whose scope holds `url` with the longest path prefix, if any.
     pub fn token_for(&self, url: &str) -> Option<&Secret> {
+        if self.tokens.is_empty() {
+            // No token configured (the common case): nothing to parse for each request.
+            return None;
+        }
         let parsed = url::Url::parse(url).ok()?;
         if crate::policy::has_dot_segment(parsed.path()) {
             return None;
