@@ -613,7 +613,7 @@ fn vm_hwm_kb(pid: &str) -> Option<u64> {
 /// kept) and the CPU time of its thread named [`CHECKPOINT_THREAD`] (the coordinator's
 /// SQLite writer; the last sample before the exit is kept, so up to one interval of that
 /// thread's work at the very end is not counted).
-struct PeakRss {
+struct ProcessWatch {
     peak_kb: Arc<AtomicU64>,
     checkpoint_cpu_ms: Arc<AtomicU64>,
 }
@@ -621,8 +621,8 @@ struct PeakRss {
 /// The name of the coordinator's checkpoint thread.
 const CHECKPOINT_THREAD: &str = "checkpoint";
 
-impl PeakRss {
-    fn watch(pid: Option<u32>) -> PeakRss {
+impl ProcessWatch {
+    fn watch(pid: Option<u32>) -> ProcessWatch {
         let peak_kb = Arc::new(AtomicU64::new(0));
         let checkpoint_cpu_ms = Arc::new(AtomicU64::new(0));
         if let Some(pid) = pid {
@@ -639,7 +639,7 @@ impl PeakRss {
                 }
             });
         }
-        PeakRss {
+        ProcessWatch {
             peak_kb,
             checkpoint_cpu_ms,
         }
@@ -659,7 +659,7 @@ impl PeakRss {
 struct FetcherProcess {
     child: Child,
     addr: String,
-    rss: PeakRss,
+    rss: ProcessWatch,
 }
 
 impl FetcherProcess {
@@ -670,7 +670,7 @@ impl FetcherProcess {
             .stderr(std::fs::File::create(log)?)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let rss = PeakRss::watch(child.id());
+        let rss = ProcessWatch::watch(child.id());
         let mut lines = BufReader::new(child.stdout.take().context("fetcher stdout")?).lines();
         let addr = tokio::time::timeout(FETCHER_START_TIMEOUT, async {
             while let Some(line) = lines.next_line().await? {
@@ -750,7 +750,7 @@ async fn run_coordinator(
         .stderr(std::fs::File::create(log)?)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    let rss = PeakRss::watch(child.id());
+    let rss = ProcessWatch::watch(child.id());
 
     // Its stdout says where its gRPC API listens; the progress poller needs that.
     let (addr_tx, addr_rx) = oneshot::channel::<String>();
