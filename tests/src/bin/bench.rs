@@ -238,28 +238,9 @@ async fn bench(args: &Args) -> Result<Report> {
     if cfg!(debug_assertions) {
         eprintln!("bench: note: this bench binary is a debug build (the simulator runs in it); build with --release for meaningful figures");
     }
-
-    eprintln!(
-        "bench: building a simulated registry of {} packages (mean {} bytes)…",
-        args.packages, args.mean_bytes
-    );
-    let setup_started = Instant::now();
-    let sim = SimServer::start(
-        "127.0.0.1:0".parse()?,
-        SimConfig {
-            packages: args.packages,
-            mean_bytes: args.mean_bytes,
-            missing_every: args.missing_every,
-            latency_ms: args.latency_ms,
-            ..SimConfig::default()
-        },
-    )
-    .await?;
-    let sim_setup = setup_started.elapsed();
+    let (sim, sim_setup) = start_simulator(args).await?;
     let sim_url = sim.url();
     let registry = sim.registry().clone();
-    let missing = registry.names().filter(|n| registry.is_missing(n)).count();
-    let expected_stored = registry.len() - missing;
 
     // Kept on any error or failed check (it holds the logs); removed when all is well.
     let workdir = tempfile::Builder::new()
@@ -267,84 +248,22 @@ async fn bench(args: &Args) -> Result<Report> {
         .tempdir()?
         .keep();
     eprintln!("bench: work directory {}", workdir.display());
-    let db = workdir.join("alldocs.sqlite");
     let store = workdir.join("data");
-
-    let mut fetchers = Vec::new();
-    if let Fetchers::Remote(n) = args.fetchers {
-        for i in 0..n {
-            let log = workdir.join(format!("fetcher-{i}.log"));
-            fetchers.push(FetcherProcess::start(&bins.fetcher, &log).await?);
-        }
-        eprintln!(
-            "bench: {n} fetcher(s) listening on {}",
-            fetchers
-                .iter()
-                .map(|f| f.addr.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-
-    let mut coordinator_args: Vec<OsString> = vec![
-        "run".into(),
-        "--replicate-origin".into(),
-        sim_url.clone().into(),
-        "--registry".into(),
-        sim_url.clone().into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--db".into(),
-        db.clone().into(),
-        "--store".into(),
-        store.clone().into(),
-        "--rate-limit".into(),
-        "0".into(),
-        "--progress".into(),
-        "none".into(),
-    ];
-    let knobs = [
-        ("--max-in-flight", args.max_in_flight),
-        ("--concurrency", args.concurrency),
-        ("--lease-size", args.lease_size),
-    ];
-    for (flag, value) in knobs {
-        if let Some(v) = value {
-            coordinator_args.extend([flag.into(), v.to_string().into()]);
-        }
-    }
-    for f in &fetchers {
-        coordinator_args.extend(["--fetcher".into(), format!("http://{}", f.addr).into()]);
-    }
-    if args.index_only {
-        coordinator_args.push("--index-only".into());
-    }
+    let fetchers = start_fetchers(args.fetchers, &bins.fetcher, &workdir).await?;
+    let coordinator_args = coordinator_args(args, &sim_url, &workdir, &fetchers);
     let env = [("npm_config_registry", sim_url.as_str())];
-    let timeout = Duration::from_secs(args.timeout_secs);
-    let expected_stored = if args.index_only { 0 } else { expected_stored };
-    let largest_document = if args.index_only {
-        0
-    } else {
-        registry
-            .names()
-            .filter_map(|n| registry.document_len(n, false))
-            .max()
-            .unwrap_or(0)
+    let run = |n: u32, what: &str| {
+        eprintln!("bench: run {n} ({what})…");
+        let log = workdir.join(format!("coordinator-{n}.log"));
+        let timeout = Duration::from_secs(args.timeout_secs);
+        let (bin, args, env) = (&bins.coordinator, &coordinator_args, &env);
+        async move { run_coordinator(bin, args, env, &log, timeout).await }
     };
+    let (expected_stored, largest_document) = expected(&registry, args.index_only);
     let (ceiling, npm, notes) = comparisons(args, &sim_url, &registry, &workdir).await?;
-
-    // Run 1: the full snapshot.
     settle(&workdir).await;
-    eprintln!("bench: run 1 (full snapshot)…");
     let before = sim.stats();
-    let first = run_coordinator(
-        &bins.coordinator,
-        &coordinator_args,
-        &env,
-        &workdir.join("coordinator-1.log"),
-        timeout,
-    )
-    .await?;
+    let first = run(1, "full snapshot").await?;
     let first_stats = delta(&before, &sim.stats());
 
     eprintln!("bench: verifying the store…");
@@ -353,18 +272,10 @@ async fn bench(args: &Args) -> Result<Report> {
     let samples = if args.index_only { 0 } else { 100 };
     let (spot_checked, spot_mismatches) = spot_check(&registry, &store.join("packuments"), samples);
 
-    // Run 2: incremental, on the same checkpoint; nothing changed, so nothing is fetched.
     settle(&workdir).await;
-    eprintln!("bench: run 2 (incremental, same checkpoint)…");
     let before = sim.stats();
-    let second = run_coordinator(
-        &bins.coordinator,
-        &coordinator_args,
-        &env,
-        &workdir.join("coordinator-2.log"),
-        timeout,
-    )
-    .await?;
+    // Nothing changed at the origin, so this run must fetch nothing.
+    let second = run(2, "incremental, same checkpoint").await?;
     let second_stats = delta(&before, &sim.stats());
 
     let (mut fetcher_peak_rss_kb, mut fetcher_cpu) = (Vec::new(), Vec::new());
@@ -374,67 +285,7 @@ async fn bench(args: &Args) -> Result<Report> {
         fetcher_cpu.push(cpu);
     }
     sim.shutdown().await;
-    let bench_peak_rss_kb = vm_hwm_kb("self").unwrap_or(0);
-
-    let mut failures = Vec::new();
-    for (label, run) in [("run 1", &first), ("run 2", &second)] {
-        if !run.status.success() {
-            failures.push(format!(
-                "{label}: coordinator exited with {} (log: {})",
-                run.status,
-                run.log.display()
-            ));
-        }
-    }
-    if stored_files != expected_stored {
-        failures.push(format!(
-            "{stored_files} files under data/packuments, expected {expected_stored}"
-        ));
-    }
-    if index_rows != registry.len() {
-        failures.push(format!(
-            "{index_rows} rows in data/index/*.jsonl, expected {}",
-            registry.len()
-        ));
-    }
-    if !spot_mismatches.is_empty() {
-        failures.push(format!(
-            "{} of {spot_checked} spot-checked packuments differ from the registry: {}",
-            spot_mismatches.len(),
-            spot_mismatches.join(", ")
-        ));
-    }
-    if first_stats.packuments_served != expected_stored as u64 {
-        failures.push(format!(
-            "run 1: the registry served {} packuments, expected exactly {expected_stored}",
-            first_stats.packuments_served
-        ));
-    }
-    if second_stats.packument_requests != 0 {
-        failures.push(format!(
-            "run 2: {} packument requests, expected 0 (nothing changed)",
-            second_stats.packument_requests
-        ));
-    }
-    for f in &failures {
-        eprintln!("bench: CHECK FAILED: {f}");
-    }
-    if !failures.is_empty() {
-        let tail = log_tail(&first.log, 20);
-        if !tail.is_empty() {
-            eprintln!("bench: last lines of {}:\n{tail}", first.log.display());
-        }
-    }
-
-    let workdir = if args.keep || !failures.is_empty() {
-        eprintln!("bench: kept the work directory {}", workdir.display());
-        Some(workdir)
-    } else {
-        std::fs::remove_dir_all(&workdir)
-            .with_context(|| format!("removing {}", workdir.display()))?;
-        None
-    };
-    Ok(Report {
+    let mut report = Report {
         args_line: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         fetchers: args.fetchers,
         packages: registry.len(),
@@ -447,7 +298,7 @@ async fn bench(args: &Args) -> Result<Report> {
         second_stats,
         fetcher_peak_rss_kb,
         fetcher_cpu,
-        bench_peak_rss_kb,
+        bench_peak_rss_kb: vm_hwm_kb("self").unwrap_or(0),
         ceiling,
         npm,
         notes,
@@ -455,9 +306,111 @@ async fn bench(args: &Args) -> Result<Report> {
         index_rows,
         spot_checked,
         spot_mismatches,
-        failures,
-        workdir,
-    })
+        failures: Vec::new(),
+        workdir: None,
+    };
+    report.failures = report.failed_checks();
+    report.workdir = report.keep_or_remove(workdir, args.keep)?;
+    Ok(report)
+}
+
+/// How many packuments a run must store (every name the registry does not answer with a
+/// 404; none for `--index-only`), and the largest one's size in bytes.
+fn expected(registry: &Registry, index_only: bool) -> (usize, usize) {
+    if index_only {
+        return (0, 0);
+    }
+    let names = || registry.names();
+    let missing = names().filter(|n| registry.is_missing(n)).count();
+    let largest = names()
+        .filter_map(|n| registry.document_len(n, false))
+        .max();
+    (registry.len() - missing, largest.unwrap_or(0))
+}
+
+/// Starts the simulated registry the arguments describe; returns it and how long building
+/// it took.
+async fn start_simulator(args: &Args) -> Result<(SimServer, Duration)> {
+    eprintln!(
+        "bench: building a simulated registry of {} packages (mean {} bytes)…",
+        args.packages, args.mean_bytes
+    );
+    let started = Instant::now();
+    let sim = SimServer::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            packages: args.packages,
+            mean_bytes: args.mean_bytes,
+            missing_every: args.missing_every,
+            latency_ms: args.latency_ms,
+            ..SimConfig::default()
+        },
+    )
+    .await?;
+    Ok((sim, started.elapsed()))
+}
+
+/// Starts the `fetcher serve` processes of `--fetchers remote:N` (none for in-process).
+async fn start_fetchers(
+    fetchers: Fetchers,
+    bin: &Path,
+    workdir: &Path,
+) -> Result<Vec<FetcherProcess>> {
+    let Fetchers::Remote(n) = fetchers else {
+        return Ok(Vec::new());
+    };
+    let mut started = Vec::new();
+    for i in 0..n {
+        let log = workdir.join(format!("fetcher-{i}.log"));
+        started.push(FetcherProcess::start(bin, &log).await?);
+    }
+    let addrs: Vec<&str> = started.iter().map(|f| f.addr.as_str()).collect();
+    eprintln!("bench: {n} fetcher(s) listening on {}", addrs.join(", "));
+    Ok(started)
+}
+
+/// `coordinator run` against the simulator, with the checkpoint and the store in
+/// `workdir`, the bench's knobs, and the remote fetchers if any.
+fn coordinator_args(
+    args: &Args,
+    sim_url: &str,
+    workdir: &Path,
+    fetchers: &[FetcherProcess],
+) -> Vec<OsString> {
+    let mut out: Vec<OsString> = vec![
+        "run".into(),
+        "--replicate-origin".into(),
+        sim_url.into(),
+        "--registry".into(),
+        sim_url.into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--db".into(),
+        workdir.join("alldocs.sqlite").into(),
+        "--store".into(),
+        workdir.join("data").into(),
+        "--rate-limit".into(),
+        "0".into(),
+        "--progress".into(),
+        "none".into(),
+    ];
+    let knobs = [
+        ("--max-in-flight", args.max_in_flight),
+        ("--concurrency", args.concurrency),
+        ("--lease-size", args.lease_size),
+    ];
+    for (flag, value) in knobs {
+        if let Some(v) = value {
+            out.extend([flag.into(), v.to_string().into()]);
+        }
+    }
+    for f in fetchers {
+        out.extend(["--fetcher".into(), format!("http://{}", f.addr).into()]);
+    }
+    if args.index_only {
+        out.push("--index-only".into());
+    }
+    out
 }
 
 /// The ceiling and the crawl on npm's own client, each unless skipped (or, for the npm
@@ -931,6 +884,77 @@ fn mib(kb: u64) -> f64 {
 }
 
 impl Report {
+    /// What a user would call wrong: a run that failed, a store that does not match the
+    /// registry, a first run that did not fetch each packument exactly once, a rerun that
+    /// fetched any. Each is printed as it is found.
+    fn failed_checks(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        for (label, run) in [("run 1", &self.first), ("run 2", &self.second)] {
+            if !run.status.success() {
+                failures.push(format!(
+                    "{label}: coordinator exited with {} (log: {})",
+                    run.status,
+                    run.log.display()
+                ));
+            }
+        }
+        let expected = self.expected_stored;
+        if self.stored_files != expected {
+            failures.push(format!(
+                "{} files under data/packuments, expected {expected}",
+                self.stored_files
+            ));
+        }
+        if self.index_rows != self.packages {
+            failures.push(format!(
+                "{} rows in data/index/*.jsonl, expected {}",
+                self.index_rows, self.packages
+            ));
+        }
+        if !self.spot_mismatches.is_empty() {
+            failures.push(format!(
+                "{} of {} spot-checked packuments differ from the registry: {}",
+                self.spot_mismatches.len(),
+                self.spot_checked,
+                self.spot_mismatches.join(", ")
+            ));
+        }
+        if self.first_stats.packuments_served != expected as u64 {
+            failures.push(format!(
+                "run 1: the registry served {} packuments, expected exactly {expected}",
+                self.first_stats.packuments_served
+            ));
+        }
+        if self.second_stats.packument_requests != 0 {
+            failures.push(format!(
+                "run 2: {} packument requests, expected 0 (nothing changed)",
+                self.second_stats.packument_requests
+            ));
+        }
+        for f in &failures {
+            eprintln!("bench: CHECK FAILED: {f}");
+        }
+        failures
+    }
+
+    /// Removes the work directory when every check passed and `--keep` was not given;
+    /// otherwise says where it is (with the end of run 1's log if a check failed).
+    fn keep_or_remove(&self, workdir: PathBuf, keep: bool) -> Result<Option<PathBuf>> {
+        if !self.failures.is_empty() {
+            let tail = log_tail(&self.first.log, 20);
+            if !tail.is_empty() {
+                eprintln!("bench: last lines of {}:\n{tail}", self.first.log.display());
+            }
+        }
+        if keep || !self.failures.is_empty() {
+            eprintln!("bench: kept the work directory {}", workdir.display());
+            return Ok(Some(workdir));
+        }
+        std::fs::remove_dir_all(&workdir)
+            .with_context(|| format!("removing {}", workdir.display()))?;
+        Ok(None)
+    }
+
     fn packuments_per_sec(&self) -> f64 {
         per_sec(self.first_stats.packuments_served, self.first.wall)
     }
@@ -979,7 +1003,25 @@ impl Report {
             "largest packument",
             format!("{} bytes", self.largest_document),
         );
+        self.first_run_table(&mut t);
+        self.comparison_table(&mut t);
+        self.checks_table(&mut t);
 
+        let mut out = t.0;
+        if self.failures.is_empty() {
+            out.push_str("\nresult: all checks passed\n");
+        } else {
+            let _ = writeln!(out, "\nresult: FAILED\n  {}", self.failures.join("\n  "));
+        }
+        if let Some(dir) = &self.workdir {
+            let _ = writeln!(out, "work directory kept: {}", dir.display());
+        }
+        out
+    }
+
+    /// Run 1's figures: throughput, CPU, the ratios, the index phase, memory, and what
+    /// the simulator counted.
+    fn first_run_table(&self, t: &mut Table) {
         t.section("run 1: full snapshot");
         t.row("exit code", exit_code(self.first.status));
         t.row("wall time", format!("{:.2} s", secs(self.first.wall)));
@@ -1030,9 +1072,10 @@ impl Report {
             format!("{:.1} MiB", mib(self.bench_peak_rss_kb)),
         );
         t.stats(&self.first_stats);
+    }
 
-        self.comparison_table(&mut t);
-
+    /// The store checked against the registry, and run 2 (the rerun).
+    fn checks_table(&self, t: &mut Table) {
         t.section("verification");
         t.row(
             "files under data/packuments",
@@ -1063,17 +1106,6 @@ impl Report {
             "peak RSS coordinator",
             format!("{:.1} MiB", mib(self.second.peak_rss_kb)),
         );
-
-        let mut out = t.0;
-        if self.failures.is_empty() {
-            out.push_str("\nresult: all checks passed\n");
-        } else {
-            let _ = writeln!(out, "\nresult: FAILED\n  {}", self.failures.join("\n  "));
-        }
-        if let Some(dir) = &self.workdir {
-            let _ = writeln!(out, "work directory kept: {}", dir.display());
-        }
-        out
     }
 
     fn comparison_table(&self, t: &mut Table) {
