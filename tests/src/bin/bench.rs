@@ -250,7 +250,7 @@ async fn bench(args: &Args) -> Result<Report> {
     eprintln!("bench: work directory {}", workdir.display());
     let store = workdir.join("data");
     let fetchers = start_fetchers(args.fetchers, &bins.fetcher, &workdir).await?;
-    let coordinator_args = coordinator_args(args, &sim_url, &workdir, &fetchers);
+    let coordinator_args = coordinator_args(args, &sim_url, &workdir, &store, &fetchers);
     let env = [("npm_config_registry", sim_url.as_str())];
     let run = |n: u32, what: &str| {
         eprintln!("bench: run {n} ({what})…");
@@ -369,12 +369,13 @@ async fn start_fetchers(
     Ok(started)
 }
 
-/// `coordinator run` against the simulator, with the checkpoint and the store in
-/// `workdir`, the bench's knobs, and the remote fetchers if any.
+/// `coordinator run` against the simulator, with the checkpoint in `workdir` and the
+/// store at `store`, the bench's knobs, and the remote fetchers if any.
 fn coordinator_args(
     args: &Args,
     sim_url: &str,
     workdir: &Path,
+    store: &Path,
     fetchers: &[FetcherProcess],
 ) -> Vec<OsString> {
     let mut out: Vec<OsString> = vec![
@@ -388,7 +389,7 @@ fn coordinator_args(
         "--db".into(),
         workdir.join("alldocs.sqlite").into(),
         "--store".into(),
-        workdir.join("data").into(),
+        store.into(),
         "--rate-limit".into(),
         "0".into(),
         "--progress".into(),
