@@ -583,10 +583,17 @@ impl ProcessWatch {
             let (peak, cpu) = (peak_kb.clone(), checkpoint_cpu_ms.clone());
             let pid = pid.to_string();
             tokio::spawn(async move {
+                // Found once: the thread lives as long as the process.
+                let mut checkpoint = None;
                 // VmHWM only grows; it disappears when the process exits (or is a zombie).
                 while let Some(kb) = vm_hwm_kb(&pid) {
                     peak.fetch_max(kb, Ordering::Relaxed);
-                    if let Ok(used) = ceiling::threads_cpu(&pid, CHECKPOINT_THREAD) {
+                    if checkpoint.is_none() {
+                        checkpoint = ceiling::named_threads(&pid, CHECKPOINT_THREAD)
+                            .ok()
+                            .and_then(|mut threads| threads.next());
+                    }
+                    if let Some(used) = checkpoint.as_deref().and_then(ceiling::thread_cpu) {
                         cpu.fetch_max(used.as_millis() as u64, Ordering::Relaxed);
                     }
                     tokio::time::sleep(RSS_POLL).await;

@@ -118,20 +118,26 @@ async fn bare_loop(
 /// User + system CPU time of the threads named `name` of process `pid` (a number or
 /// `self`), from `/proc/PID/task`.
 pub fn threads_cpu(pid: &str, name: &str) -> Result<Duration> {
-    let mut ticks = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let task = task?.path();
-        let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
-            continue;
-        };
-        if comm.trim_end() != name {
-            continue;
-        }
-        if let Ok(stat) = std::fs::read_to_string(task.join("stat")) {
-            ticks += stat_cpu_ticks(&stat, 0);
-        }
-    }
-    Ok(ticks_to_duration(ticks))
+    Ok(named_threads(pid, name)?
+        .filter_map(|t| thread_cpu(&t))
+        .sum())
+}
+
+/// The `/proc/PID/task/TID` directories of process `pid`'s threads named `name`.
+pub fn named_threads(pid: &str, name: &str) -> Result<impl Iterator<Item = PathBuf>> {
+    let name = name.to_string();
+    Ok(std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .filter_map(|task| task.ok().map(|t| t.path()))
+        .filter(move |task| {
+            std::fs::read_to_string(task.join("comm")).is_ok_and(|c| c.trim_end() == name)
+        }))
+}
+
+/// User + system CPU time of one thread (`task`: its `/proc/PID/task/TID`), or `None`
+/// once it is gone.
+pub fn thread_cpu(task: &Path) -> Option<Duration> {
+    let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+    Some(ticks_to_duration(stat_cpu_ticks(&stat, 0)))
 }
 
 /// utime + stime (`offset` 0) or cutime + cstime (`offset` 2) from a `/proc/…/stat` line,
