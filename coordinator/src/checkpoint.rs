@@ -181,12 +181,30 @@ pub struct Db {
     pub(crate) run: i64,
     max_attempts: u32,
     pub(crate) cached: Option<(Instant, Duration, Counts)>,
+    /// Transactions committed by the checkpoint thread (each one WAL sync).
+    commits: u64,
 }
 
 /// Called once the batch a job ran in is committed, with the commit's outcome.
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+
 /// Runs inside the batch's transaction (`None`: the transaction could not begin).
-type Job = Box<dyn FnOnce(Option<&mut Db>) -> Reply + Send>;
+type JobFn = Box<dyn FnOnce(Option<&mut Db>) -> Reply + Send>;
+
+/// Work for the checkpoint thread.
+struct Job {
+    run: JobFn,
+    /// Whether its caller can wait for the group commit (a lease's events), or needs the
+    /// commit at once (a lease to start or end, a question about the run).
+    can_wait: bool,
+}
+
+/// How long a transaction holding only events may stay open for more to join it. Events
+/// arrive in small batches from every lease at once; committing them in one transaction
+/// instead of one each writes their shared pages to the WAL and syncs it once.
+const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(4);
+/// The most jobs in one transaction.
+const MAX_JOBS_PER_COMMIT: usize = 2048;
 
 /// A handle to the checkpoint thread.
 #[derive(Clone)]
@@ -247,6 +265,7 @@ impl Checkpoint {
             run: 0,
             max_attempts: max_attempts.max(1),
             cached: None,
+            commits: 0,
         };
         let opened = db.start(&shown, identity, plan, mode, follow)?;
         let (tx, rx) = mpsc::channel::<Job>();
@@ -272,8 +291,27 @@ impl Checkpoint {
         T: Send + 'static,
         F: FnOnce(&mut Db) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.submit(f, false).await
+    }
+
+    /// [`Checkpoint::call`] for work whose caller can wait a few milliseconds for its
+    /// commit (a lease's events): it joins a group commit with the events of other leases
+    /// arriving meanwhile. It is as durable when this returns.
+    pub async fn call_grouped<T, F>(&self, f: F) -> Result<T, CheckpointError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Db) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.submit(f, true).await
+    }
+
+    async fn submit<T, F>(&self, f: F, can_wait: bool) -> Result<T, CheckpointError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Db) -> rusqlite::Result<T> + Send + 'static,
+    {
         let (reply_tx, reply_rx) = oneshot::channel();
-        let job: Job = Box::new(move |db: Option<&mut Db>| {
+        let run = Box::new(move |db: Option<&mut Db>| -> Reply {
             let result = db.map(|db| db.in_savepoint(f));
             Box::new(move |committed: Result<(), String>| {
                 let outcome = match (result, committed) {
@@ -285,7 +323,9 @@ impl Checkpoint {
                 let _ = reply_tx.send(outcome);
             })
         });
-        self.tx.send(job).map_err(|_| CheckpointError::Closed)?;
+        self.tx
+            .send(Job { run, can_wait })
+            .map_err(|_| CheckpointError::Closed)?;
         reply_rx
             .await
             .map_err(|_| CheckpointError::Closed)?
@@ -299,32 +339,50 @@ impl Checkpoint {
 impl Db {
     fn serve(mut self, rx: mpsc::Receiver<Job>) {
         while let Ok(first) = rx.recv() {
-            let mut jobs = vec![first];
-            while jobs.len() < 2048 {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            let committed = self.run_batch(jobs);
-            for (reply, outcome) in committed {
+            for (reply, outcome) in self.run_batch(first, &rx) {
                 reply(outcome);
             }
         }
     }
 
-    /// Runs a batch of jobs in one transaction; pairs each reply with the commit's outcome.
-    fn run_batch(&mut self, jobs: Vec<Job>) -> Vec<(Reply, Result<(), String>)> {
+    /// Runs `first` and the jobs that join it in one transaction (a group commit): those
+    /// already waiting, and, while every job so far can wait, those arriving within
+    /// [`GROUP_COMMIT_WINDOW`]. Pairs each reply with the commit's outcome.
+    fn run_batch(
+        &mut self,
+        first: Job,
+        rx: &mpsc::Receiver<Job>,
+    ) -> Vec<(Reply, Result<(), String>)> {
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             tracing::error!(error = %e, "checkpoint: cannot begin a transaction");
             let reason = format!("cannot begin a transaction: {e}");
+            let mut jobs = vec![first];
+            jobs.extend(rx.try_iter().take(MAX_JOBS_PER_COMMIT - 1));
             return jobs
                 .into_iter()
-                .map(|job| (job(None), Err(reason.clone())))
+                .map(|job| ((job.run)(None), Err(reason.clone())))
                 .collect();
         }
-        let replies: Vec<Reply> = jobs.into_iter().map(|job| job(Some(self))).collect();
-        let outcome = self.conn.execute_batch("COMMIT").map_err(|e| {
+        let began = Instant::now();
+        let mut urgent = !first.can_wait;
+        let mut replies: Vec<Reply> = vec![(first.run)(Some(self))];
+        while replies.len() < MAX_JOBS_PER_COMMIT {
+            let next = match rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(_) if urgent => None,
+                Err(_) => GROUP_COMMIT_WINDOW
+                    .checked_sub(began.elapsed())
+                    .and_then(|left| rx.recv_timeout(left).ok()),
+            };
+            let Some(job) = next else { break };
+            urgent |= !job.can_wait;
+            replies.push((job.run)(Some(self)));
+        }
+        let outcome = self.conn.execute_batch("COMMIT");
+        if outcome.is_ok() {
+            self.commits += 1;
+        }
+        let outcome = outcome.map_err(|e| {
             tracing::error!(error = %e, "checkpoint: commit failed");
             let _ = self.conn.execute_batch("ROLLBACK");
             // What the batch changed is gone; so is anything counted from it.
@@ -350,18 +408,25 @@ impl Db {
         result
     }
 
+    /// Transactions the checkpoint thread has committed so far.
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
+
     pub(crate) fn meta(&self, key: &str) -> rusqlite::Result<Option<String>> {
         self.conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
             .optional()
     }
 
     pub(crate) fn set_meta(&self, key: &str, value: &str) -> rusqlite::Result<()> {
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            params![key, value],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![key, value])?;
         Ok(())
     }
 
@@ -459,7 +524,9 @@ impl Db {
             "UPDATE partitions SET status = 'pending', rows = 0, uri = NULL, attempts = 0,
                  last_error = NULL, lease_token = NULL;
              UPDATE packages SET status = 'pending', attempts = 0, last_error = NULL, lease_token = NULL
-                 WHERE status IN ('failed', 'leased');"
+                 WHERE status = 'failed';
+             UPDATE packages SET status = 'pending', attempts = 0, last_error = NULL, lease_token = NULL
+                 WHERE status = 'leased';"
         };
         self.conn.execute_batch(reset)?;
         self.set_meta("run", &run.to_string())?;
@@ -482,47 +549,47 @@ impl Db {
     pub fn lease_partition(&mut self, token: i64) -> rusqlite::Result<Option<Partition>> {
         let part = self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT name, start_key, end_key FROM partitions WHERE status = 'pending' ORDER BY ord LIMIT 1",
-                [],
-                |r| {
+            )?
+            .query_row([], |r| {
                     Ok(Partition {
                         name: r.get(0)?,
                         start: r.get(1)?,
                         end: r.get(2)?,
                     })
-                },
-            )
+            })
             .optional()?;
         if let Some(p) = &part {
-            self.conn.execute(
-                "UPDATE partitions SET status = 'leased', lease_token = ?1 WHERE name = ?2",
-                params![token, p.name],
-            )?;
+            self.conn
+                .prepare_cached(
+                    "UPDATE partitions SET status = 'leased', lease_token = ?1 WHERE name = ?2",
+                )?
+                .execute(params![token, p.name])?;
         }
         Ok(part)
     }
 
-    /// Leases up to `max` pending packuments of partitions whose index is finished.
+    /// Leases up to `max` pending packuments of partitions whose index is finished, in one
+    /// statement.
     pub fn lease_packuments(
         &mut self,
         token: i64,
         max: usize,
     ) -> rusqlite::Result<Vec<(String, String)>> {
-        let items: Vec<(String, String)> = {
-            let mut stmt = self.conn.prepare_cached(
-                // Served by the (status, partition, name) index: it stops after LIMIT rows
-                // instead of sorting every pending name.
-                "SELECT name, indexed_rev FROM packages INDEXED BY packages_by_status
+        let mut stmt = self.conn.prepare_cached(
+            // The names come from the pending index in (partition, name) order, which stops
+            // after LIMIT rows instead of sorting every pending name.
+            "UPDATE packages SET status = 'leased', lease_token = ?1
+             WHERE name IN (
+                 SELECT name FROM packages INDEXED BY packages_pending
                  WHERE status = 'pending'
                    AND partition IN (SELECT name FROM partitions WHERE status IN ('done', 'failed'))
-                 LIMIT ?1",
-            )?;
-            let rows = stmt.query_map([max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        self.mark_leased(token, &items)?;
-        Ok(items)
+                 LIMIT ?2)
+             RETURNING name, indexed_rev",
+        )?;
+        let rows = stmt.query_map(params![token, max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
     }
 
     /// Hands `items` to the lease `token`.
@@ -548,10 +615,11 @@ impl Db {
             Work::Index(_) => ("index", 1),
             Work::Packuments(items) => ("packuments", items.len()),
         };
-        self.conn.execute(
-            "INSERT INTO leases (token, kind, items, fetcher, started_ms, deadline_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![token, kind, items as i64, fetcher, alldocs_proto::now_unix_ms(), deadline_ms],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO leases (token, kind, items, fetcher, started_ms, deadline_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![token, kind, items as i64, fetcher, alldocs_proto::now_unix_ms(), deadline_ms])?;
         Ok(())
     }
 
@@ -622,18 +690,20 @@ impl Db {
         if !self.holds_partition(token, &done.partition)? {
             return Ok(());
         }
-        self.conn.execute(
-            "UPDATE partitions SET status = 'done', rows = ?1, uri = ?2, last_error = NULL, lease_token = NULL
-             WHERE name = ?3",
-            params![done.rows as i64, done.uri, done.partition],
-        )?;
+        self.conn
+            .prepare_cached(
+                "UPDATE partitions SET status = 'done', rows = ?1, uri = ?2, last_error = NULL, lease_token = NULL
+                 WHERE name = ?3",
+            )?
+            .execute(params![done.rows as i64, done.uri, done.partition])?;
         // Names that were in this partition before but not in this run's index have left
         // the registry.
-        self.conn.execute(
-            "UPDATE packages SET status = 'removed', lease_token = NULL
-             WHERE partition = ?1 AND seen_run < ?2 AND status != 'removed'",
-            params![done.partition, self.run],
-        )?;
+        self.conn
+            .prepare_cached(
+                "UPDATE packages SET status = 'removed', lease_token = NULL
+                 WHERE partition = ?1 AND seen_run < ?2 AND status != 'removed'",
+            )?
+            .execute(params![done.partition, self.run])?;
         Ok(())
     }
 
@@ -674,15 +744,11 @@ impl Db {
     }
 
     fn holds_partition(&self, token: i64, partition: &str) -> rusqlite::Result<bool> {
-        Ok(self
-            .conn
-            .query_row(
+        self.conn
+            .prepare_cached(
                 "SELECT 1 FROM partitions WHERE name = ?1 AND lease_token = ?2 AND status = 'leased'",
-                params![partition, token],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
+            )?
+            .exists(params![partition, token])
     }
 
     /// Gives back what `token` holds in `table` (only `name`, if given): the attempt
@@ -697,14 +763,19 @@ impl Db {
         add: i64,
         limit: i64,
     ) -> rusqlite::Result<usize> {
-        self.conn.execute(
-            &format!(
+        // One name by its key; a whole lease by its token (the leased index).
+        let which = if name.is_some() {
+            "name = ?5 AND lease_token = ?4"
+        } else {
+            "lease_token = ?4 AND ?5 IS NULL"
+        };
+        self.conn
+            .prepare_cached(&format!(
                 "UPDATE {table} SET attempts = attempts + ?1, last_error = ?2, lease_token = NULL,
                      status = CASE WHEN attempts + ?1 >= ?3 THEN 'failed' ELSE 'pending' END
-                 WHERE lease_token = ?4 AND status = 'leased' AND (?5 IS NULL OR name = ?5)"
-            ),
-            params![add, reason, limit, token, name],
-        )
+                 WHERE {which} AND status = 'leased'"
+            ))?
+            .execute(params![add, reason, limit, token, name])
     }
 
     fn upsert_package(&self, partition: &str, name: &str, rev: &str) -> rusqlite::Result<()> {
@@ -752,10 +823,9 @@ impl Db {
         for table in ["partitions", "packages"] {
             returned += self.give_back(table, token, None, outcome, add, limit)?;
         }
-        self.conn.execute(
-            "UPDATE leases SET ended_ms = ?1, outcome = ?2 WHERE token = ?3",
-            params![alldocs_proto::now_unix_ms(), outcome, token],
-        )?;
+        self.conn
+            .prepare_cached("UPDATE leases SET ended_ms = ?1, outcome = ?2 WHERE token = ?3")?
+            .execute(params![alldocs_proto::now_unix_ms(), outcome, token])?;
         Ok(returned as u64)
     }
 
@@ -786,7 +856,8 @@ impl Db {
         let sql = match mode {
             Mode::Full => {
                 "SELECT EXISTS (SELECT 1 FROM partitions WHERE status IN ('pending', 'leased'))
-                     OR EXISTS (SELECT 1 FROM packages WHERE status IN ('pending', 'leased'))"
+                     OR EXISTS (SELECT 1 FROM packages WHERE status = 'pending')
+                     OR EXISTS (SELECT 1 FROM packages WHERE status = 'leased')"
             }
             Mode::IndexOnly => {
                 "SELECT EXISTS (SELECT 1 FROM partitions WHERE status IN ('pending', 'leased'))"
@@ -796,7 +867,7 @@ impl Db {
                                 WHERE p.status IN ('pending', 'leased'))"
             }
         };
-        self.conn.query_row(sql, [], |r| r.get(0))
+        self.conn.prepare_cached(sql)?.query_row([], |r| r.get(0))
     }
 
     /// Makes `names` the run's wanted list: each goes (back) to pending in the partition its
@@ -1488,5 +1559,209 @@ mod tests {
         assert_eq!(stored, 0);
         assert_eq!((row.0.as_str(), row.1, row.2), ("pending", 1, None));
         assert!(row.3.contains("300 bytes, over 256"), "{}", row.3);
+    }
+
+    #[tokio::test]
+    async fn events_arriving_together_are_committed_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ck, _) =
+            Checkpoint::open(&dir.path().join("c.sqlite"), &identity("s"), &plan(), 3).unwrap();
+        let names: Vec<String> = (0..50).map(|i| format!("p{i:02}")).collect();
+        let indexed: Vec<(&'static str, &'static str)> =
+            names.iter().map(|n| (&*n.clone().leak(), "1-x")).collect();
+        index(&ck, &indexed).await;
+        let token = ck
+            .call(|db| {
+                let t = db.next_token()?;
+                assert_eq!(db.lease_packuments(t, 100)?.len(), 50);
+                Ok(t)
+            })
+            .await
+            .unwrap();
+        let before = ck.call(|db| Ok(db.commits())).await.unwrap();
+        // The checkpoint thread is held in a job while 50 leases' events arrive...
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let mut blocker = Box::pin(ck.call(move |_| {
+            held.recv().unwrap();
+            Ok(())
+        }));
+        assert!(futures::poll!(&mut blocker).is_pending());
+        let mut events = Box::pin(futures::future::join_all(names.iter().map(|n| {
+            let event = stored(n, "1-x");
+            ck.call_grouped(move |db| db.apply(token, &[event]))
+        })));
+        assert!(futures::poll!(&mut events).is_pending());
+        release.send(()).unwrap();
+        blocker.await.unwrap();
+        let stored: u64 = events.await.into_iter().map(Result::unwrap).sum();
+        assert_eq!(stored, 50);
+        let (after, counts) = ck
+            .call(|db| Ok((db.commits(), db.counts_now()?)))
+            .await
+            .unwrap();
+        // ...and all of them are committed with it: one WAL sync, not 51.
+        assert_eq!(
+            after - before,
+            1 + 1,
+            "the held job's transaction and the count's"
+        );
+        assert_eq!(counts.packuments_done, 50);
+    }
+
+    #[tokio::test]
+    async fn a_lone_event_is_committed_within_the_group_commit_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let (ck, _) = Checkpoint::open(&path, &identity("s"), &plan(), 3).unwrap();
+        index(&ck, &[("a", "1-a")]).await;
+        let token = ck
+            .call(|db| {
+                let t = db.next_token()?;
+                db.lease_packuments(t, 1)?;
+                Ok(t)
+            })
+            .await
+            .unwrap();
+        // Nothing else arrives: the transaction still commits, and then it is on disk for
+        // any other reader.
+        let stored = tokio::time::timeout(
+            Duration::from_secs(5),
+            ck.call_grouped(move |db| db.apply(token, &[stored("a", "1-a")])),
+        )
+        .await
+        .expect("a lone event does not wait for company")
+        .unwrap();
+        assert_eq!(stored, 1);
+        let status: String = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT status FROM packages WHERE name = 'a'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(status, "stored");
+    }
+
+    #[test]
+    fn the_hot_queries_of_a_large_checkpoint_use_the_state_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        drop(Checkpoint::open(&path, &identity("s"), &plan(), 3).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let plan_of = |sql: &str| -> String {
+            conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        // Each names the state the way the index does, so a checkpoint of millions of
+        // stored packages is never scanned to find the few in flight.
+        let cases = [
+            (
+                "SELECT name FROM packages INDEXED BY packages_pending WHERE status = 'pending'
+                   AND partition IN (SELECT name FROM partitions WHERE status IN ('done', 'failed')) LIMIT 10",
+                "packages_pending",
+            ),
+            (
+                "UPDATE packages SET status = 'pending' WHERE lease_token = 7 AND NULL IS NULL AND status = 'leased'",
+                "packages_leased",
+            ),
+            (
+                "UPDATE packages SET status = 'pending', lease_token = NULL WHERE status = 'leased'",
+                "packages_leased",
+            ),
+            (
+                "SELECT EXISTS (SELECT 1 FROM packages WHERE status = 'pending')
+                     OR EXISTS (SELECT 1 FROM packages WHERE status = 'leased')",
+                "packages_pending",
+            ),
+            (
+                "SELECT COUNT(*) FROM packages WHERE status = 'failed'",
+                "packages_failed",
+            ),
+        ];
+        for (sql, index) in cases {
+            let plan = plan_of(sql);
+            assert!(plan.contains(index), "{sql}: {plan}");
+            let full_scan = plan
+                .split("; ")
+                .any(|step| step.starts_with("SCAN packages") && !step.contains(" USING "));
+            assert!(!full_scan, "{sql}: {plan}");
+        }
+    }
+
+    #[test]
+    fn a_version_4_checkpoint_with_work_in_flight_is_migrated_and_carries_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let (ck, _) = Checkpoint::open(&path, &identity("s"), &plan(), 3).unwrap();
+        drop(ck);
+        {
+            // Back to version 4's indexes, mid-run: one package stored, one leased, one
+            // failed, one pending.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "DROP INDEX packages_pending; DROP INDEX packages_leased; DROP INDEX packages_failed;
+                 CREATE INDEX packages_by_status ON packages(status, partition, name);
+                 PRAGMA user_version = 4;
+                 UPDATE partitions SET status = 'done';
+                 INSERT INTO packages (name, partition, indexed_rev, stored_rev, status, seen_run, lease_token, attempts)
+                     VALUES ('s', '+m', '1-s', '1-s', 'stored', 1, NULL, 0),
+                            ('l', '+m', '1-l', NULL, 'leased', 1, 4, 0),
+                            ('f', '+m', '1-f', NULL, 'failed', 1, NULL, 3),
+                            ('p', '+m', '1-p', NULL, 'pending', 1, NULL, 0);",
+            )
+            .unwrap();
+        }
+        let (ck, opened) = Checkpoint::open(&path, &identity("s"), &plan(), 3).unwrap();
+        assert!(opened.resumed, "the unfinished run carries on");
+        let conn = Connection::open(&path).unwrap();
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'packages' AND sql IS NOT NULL ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            indexes,
+            [
+                "packages_by_partition_run",
+                "packages_failed",
+                "packages_leased",
+                "packages_pending"
+            ]
+        );
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, crate::schema::VERSION);
+        let (leased, counts, failures) = futures::executor::block_on(ck.call(|db| {
+            let t = db.next_token()?;
+            let mut leased = db.lease_packuments(t, 10)?;
+            leased.sort();
+            Ok((leased, db.counts_now()?, db.list_failures(10, None)?))
+        }))
+        .unwrap();
+        // The lease the crash left open went back to pending with the pending one.
+        assert_eq!(
+            leased,
+            [
+                ("l".to_string(), "1-l".to_string()),
+                ("p".to_string(), "1-p".to_string())
+            ]
+        );
+        assert_eq!(
+            (
+                counts.packuments_done,
+                counts.packuments_failed,
+                counts.packuments_leased
+            ),
+            (1, 1, 2)
+        );
+        assert_eq!(failures.failures.len(), 1);
+        assert_eq!(failures.failures[0].name, "f");
     }
 }

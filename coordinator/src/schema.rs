@@ -16,7 +16,11 @@ use crate::checkpoint::CheckpointError;
 /// - 4: `serve --follow`: `meta.follow_seq` (the feed position applied) and the package
 ///   status `deleted`, which an older coordinator would take for pending (nothing to
 ///   migrate; an older coordinator refuses the file).
-pub const VERSION: i64 = 4;
+/// - 5: packages in flight are indexed by state, each in its own small partial index
+///   (`packages_pending`, `packages_leased`, `packages_failed`) instead of one index over
+///   every package's status: a stored package leaves the indexes instead of moving within
+///   a large one, and a lease's leftovers are found by its token.
+pub const VERSION: i64 = 5;
 
 /// The tables and indexes of [`VERSION`].
 const SCHEMA: &str = "
@@ -48,7 +52,12 @@ CREATE TABLE IF NOT EXISTS packages (
     seen_run INTEGER NOT NULL,
     fetched_run INTEGER
 );
-CREATE INDEX IF NOT EXISTS packages_by_status ON packages(status, partition, name);
+-- Only packages still in flight are indexed by state (a query must name the state as
+-- written here for SQLite to use the index): stored, missing, removed and deleted ones,
+-- nearly all of a finished snapshot, are in none of them.
+CREATE INDEX IF NOT EXISTS packages_pending ON packages(partition, name) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS packages_leased ON packages(lease_token) WHERE status = 'leased';
+CREATE INDEX IF NOT EXISTS packages_failed ON packages(name) WHERE status = 'failed';
 CREATE INDEX IF NOT EXISTS packages_by_partition_run ON packages(partition, seen_run);
 CREATE TABLE IF NOT EXISTS wanted (name TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS leases (
@@ -97,6 +106,8 @@ pub fn create_or_migrate(conn: &Connection) -> rusqlite::Result<()> {
     if existing && version < 2 {
         migrate_to_2(conn)?;
     }
+    // 4 → 5: the partial indexes below replace the index over every package's status.
+    conn.execute_batch("DROP INDEX IF EXISTS packages_by_status")?;
     conn.execute_batch(SCHEMA)?;
     conn.pragma_update(None, "user_version", VERSION)
 }

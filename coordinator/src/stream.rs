@@ -232,7 +232,7 @@ impl Follower<'_> {
         let token = self.token;
         let stored = self
             .checkpoint
-            .call(move |db| db.apply(token, &events))
+            .call_grouped(move |db| db.apply(token, &events))
             .await?;
         self.stats.fetched.fetch_add(stored, Ordering::Relaxed);
         self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
