@@ -849,6 +849,15 @@ impl Db {
         Ok(())
     }
 
+    /// Whether a partition is still to be indexed or being indexed (exact, and cheap).
+    pub fn indexing(&self) -> rusqlite::Result<bool> {
+        self.conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM partitions WHERE status IN ('pending', 'leased'))",
+            )?
+            .query_row([], |r| r.get(0))
+    }
+
     /// Whether anything is pending or leased (exact, and cheap on a large checkpoint).
     /// Only the partitions count with `--index-only` (packuments are not fetched), only
     /// the wanted names with `--names` (partitions are not indexed).

@@ -176,17 +176,17 @@ impl Scheduler {
     /// Tells watchers what the run is doing; returns whether any work is pending or leased.
     async fn publish_state(&self) -> Result<bool, CheckpointError> {
         let mode = self.mode;
-        let (open, counts) = self
+        // Two cheap questions, not the counts (a pass over every package).
+        let (open, indexing) = self
             .checkpoint
-            .call(move |db| Ok((db.has_open_work(mode)?, db.counts()?)))
+            .call(move |db| Ok((db.has_open_work(mode)?, db.indexing()?)))
             .await?;
-        // Counts may be a moment old: while work is open, the run is never done.
-        let state = match (open, state_of(&counts)) {
+        let state = match (open, indexing) {
             (false, _) => RunState::Done,
             // A list of names is fetched without an index pass.
             (true, _) if mode == Mode::Names => RunState::Fetching,
-            (true, RunState::Done) => RunState::Fetching,
-            (true, state) => state,
+            (true, true) => RunState::Indexing,
+            (true, false) => RunState::Fetching,
         };
         // Watchers wake on a change of state, not on every look.
         self.state

@@ -175,7 +175,9 @@ impl Follower<'_> {
             if let Some(end) = self.observe(&batch.events) {
                 summary = Some(end);
             }
-            self.commit(batch.events).await?;
+            // The lease's last events are committed at once: its slot is free only then.
+            let last = batch.ended.is_some() || summary.is_some();
+            self.commit(batch.events, last).await?;
             if let Some(ended) = batch.ended {
                 return Ok(stream_end(&ctx, ended, received_any, summary));
             }
@@ -217,8 +219,9 @@ impl Follower<'_> {
         summary
     }
 
-    /// Applies a batch in one checkpoint call and counts what it stored.
-    async fn commit(&self, events: Vec<Event>) -> Result<(), CheckpointError> {
+    /// Applies a batch in one checkpoint call (a group commit with other leases' events
+    /// unless it is the lease's last) and counts what it stored.
+    async fn commit(&self, events: Vec<Event>, last: bool) -> Result<(), CheckpointError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -230,10 +233,12 @@ impl Follower<'_> {
             })
             .sum();
         let token = self.token;
-        let stored = self
-            .checkpoint
-            .call_grouped(move |db| db.apply(token, &events))
-            .await?;
+        let apply = move |db: &mut crate::checkpoint::Db| db.apply(token, &events);
+        let stored = if last {
+            self.checkpoint.call(apply).await?
+        } else {
+            self.checkpoint.call_grouped(apply).await?
+        };
         self.stats.fetched.fetch_add(stored, Ordering::Relaxed);
         self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(())

@@ -238,19 +238,29 @@ async fn store_body(
     stream_large(head, body, dest).await
 }
 
-/// Reads `body` until it ends or holds more than [`SPILL_BYTES`].
+/// Reads `body` until it ends or holds more than [`SPILL_BYTES`]. A body that arrives as
+/// one chunk (most do) is returned as it is, not copied.
 async fn read_until_spill(
     body: &mut (impl Stream<Item = reqwest::Result<Bytes>> + Unpin),
     dest: &Destination<'_>,
 ) -> Result<Bytes, FetchError> {
-    let mut buf = BytesMut::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| dest.transport(e))?;
-        dest.check_size((buf.len() + chunk.len()) as u64)?;
-        buf.extend_from_slice(&chunk);
-        if buf.len() > SPILL_BYTES {
+        len += chunk.len();
+        dest.check_size(len as u64)?;
+        chunks.push(chunk);
+        if len > SPILL_BYTES {
             break;
         }
+    }
+    if chunks.len() == 1 {
+        return Ok(chunks.pop().expect("one chunk"));
+    }
+    let mut buf = BytesMut::with_capacity(len);
+    for chunk in chunks {
+        buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
 }

@@ -97,6 +97,8 @@ pub struct Store {
     base_uri: String,
     /// For a local directory: the file system, and its root for durable writes.
     local: Option<(Arc<LocalFileSystem>, Arc<LocalDir>)>,
+    /// For a local directory: `base_uri` parsed once (every object's URI extends it).
+    base_url: Option<url::Url>,
 }
 
 impl std::fmt::Debug for Store {
@@ -173,10 +175,12 @@ impl Store {
                 )
             }
         };
+        let base_url = local.as_ref().and_then(|_| url::Url::parse(&base_uri).ok());
         Ok(Self {
             inner,
             base_uri,
             local,
+            base_url,
         })
     }
 
@@ -184,13 +188,12 @@ impl Store {
     /// `file://` URI is a URL that resolves to the file (a key's `%` is written `%25`, as
     /// are spaces and non-ASCII bytes); gs:// and s3:// URIs hold the key as it is.
     pub fn uri(&self, path: &Path) -> String {
-        if self.local.is_some() {
-            if let Ok(mut url) = url::Url::parse(&self.base_uri) {
-                if let Ok(mut segments) = url.path_segments_mut() {
-                    segments.pop_if_empty().extend(path.parts());
-                }
-                return url.into();
+        if let Some(base) = &self.base_url {
+            let mut url = base.clone();
+            if let Ok(mut segments) = url.path_segments_mut() {
+                segments.pop_if_empty().extend(path.parts());
             }
+            return url.into();
         }
         join_uri(&self.base_uri, path.as_ref())
     }
