@@ -53,6 +53,8 @@ use tokio::sync::oneshot;
 mod ceiling;
 #[path = "bench/checkpoint.rs"]
 mod checkpoint;
+#[path = "bench/rounds.rs"]
+mod rounds;
 use ceiling::{Ceiling, NpmCrawl};
 
 /// How often the peak RSS of a child process is sampled.
@@ -114,6 +116,12 @@ struct Args {
     /// Requests in flight for the crawl on npm's own client.
     #[arg(long, default_value_t = 50)]
     npm_in_flight: usize,
+    /// Rounds of the ceiling and the pipeline, alternating, each on a fresh checkpoint and
+    /// store; the last one is the round the other figures describe (with the npm-client
+    /// crawl, the checks and the incremental run). Prints each round's ratio and their
+    /// median, which a machine whose speed drifts between phases moves much less.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Run the coordinator with --index-only (plan and index; no packument is fetched).
     #[arg(long)]
     index_only: bool,
@@ -223,6 +231,8 @@ struct Report {
     bench_peak_rss_kb: u64,
     ceiling: Option<Ceiling>,
     npm: Option<NpmCrawl>,
+    /// Every round's figures, the last one's (the run described above) included.
+    rounds: Vec<rounds::Round>,
     /// Why a comparison point was not measured.
     notes: Vec<String>,
     stored_files: usize,
@@ -260,6 +270,7 @@ async fn bench(args: &Args) -> Result<Report> {
         async move { run_coordinator(bin, args, env, &log, timeout).await }
     };
     let (expected_stored, largest_document) = expected(&registry, args.index_only);
+    let mut rounds = extra_rounds(args, &bins, &sim, &workdir, &fetchers, &env).await?;
     let (ceiling, npm, notes) = comparisons(args, &sim_url, &registry, &workdir).await?;
     settle(&workdir).await;
     let before = sim.stats();
@@ -285,6 +296,7 @@ async fn bench(args: &Args) -> Result<Report> {
         fetcher_cpu.push(cpu);
     }
     sim.shutdown().await;
+    rounds.push(rounds::Round::new(ceiling.as_ref(), &first, &first_stats));
     let mut report = Report {
         args_line: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         fetchers: args.fetchers,
@@ -301,6 +313,7 @@ async fn bench(args: &Args) -> Result<Report> {
         bench_peak_rss_kb: vm_hwm_kb("self").unwrap_or(0),
         ceiling,
         npm,
+        rounds,
         notes,
         stored_files,
         index_rows,
@@ -312,6 +325,40 @@ async fn bench(args: &Args) -> Result<Report> {
     report.failures = report.failed_checks();
     report.workdir = report.keep_or_remove(workdir, args.keep)?;
     Ok(report)
+}
+
+/// The rounds before the last (`--rounds`), each in its own directory under `workdir`.
+async fn extra_rounds(
+    args: &Args,
+    bins: &Binaries,
+    sim: &SimServer,
+    workdir: &Path,
+    fetchers: &[FetcherProcess],
+    env: &[(&str, &str)],
+) -> Result<Vec<rounds::Round>> {
+    let sim_url = sim.url();
+    let names: Vec<String> = sim.registry().names().map(str::to_string).collect();
+    let setup = rounds::RoundSetup {
+        sim_url: &sim_url,
+        names: &names,
+        in_flight: in_flight(args),
+        with_ceiling: !args.no_ceiling && !args.index_only,
+    };
+    let mut rounds = Vec::new();
+    for r in 1..args.rounds {
+        eprintln!("bench: round {r} of {}…", args.rounds);
+        let dir = workdir.join(format!("round-{r}"));
+        let round_args = coordinator_args(args, &sim_url, &dir, &dir.join("data"), fetchers);
+        let round = rounds::run_round(&setup, &dir, || async {
+            let log = dir.join("coordinator.log");
+            let timeout = Duration::from_secs(args.timeout_secs);
+            let before = sim.stats();
+            let outcome = run_coordinator(&bins.coordinator, &round_args, env, &log, timeout);
+            Ok((outcome.await?, delta(&before, &sim.stats())))
+        });
+        rounds.push(round.await?);
+    }
+    Ok(rounds)
 }
 
 /// How many packuments a run must store (every name the registry does not answer with a
@@ -427,8 +474,7 @@ async fn comparisons(
         return Ok((None, None, notes));
     }
     let names: Vec<String> = registry.names().map(str::to_string).collect();
-    let in_flight = args.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT) as usize
-        * args.concurrency.unwrap_or(DEFAULT_CONCURRENCY) as usize;
+    let in_flight = in_flight(args);
     let ceiling = if args.no_ceiling {
         None
     } else {
@@ -457,6 +503,13 @@ async fn comparisons(
         }
     };
     Ok((ceiling, npm, notes))
+}
+
+/// Packument requests in flight in the pipeline (`--max-in-flight` × `--concurrency`),
+/// and so in the bare loop.
+fn in_flight(args: &Args) -> usize {
+    args.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT) as usize
+        * args.concurrency.unwrap_or(DEFAULT_CONCURRENCY) as usize
 }
 
 /// Flushes the work directory's file system (`sync -f`) so that no phase pays for the
@@ -987,6 +1040,11 @@ impl Report {
         Some(self.packuments_per_sec() / per_sec(c.stored, c.wall))
     }
 
+    /// The median of the rounds' ratios (the one ratio with a single round).
+    fn ratio_to_ceiling_median(&self) -> Option<f64> {
+        rounds::median(self.rounds.iter().map(rounds::Round::ratio))
+    }
+
     fn ratio_to_npm_client(&self) -> Option<f64> {
         let npm = self.npm.as_ref()?;
         Some(self.packuments_per_sec() / npm.per_second)
@@ -1053,6 +1111,23 @@ impl Report {
             );
         }
         t.row("ratio_to_ceiling", opt(self.ratio_to_ceiling(), 2));
+        if self.rounds.len() > 1 {
+            for (i, r) in self.rounds.iter().enumerate() {
+                t.row(
+                    &format!("  round {}: packuments/s, ceiling's, ratio", i + 1),
+                    format!(
+                        "{:.0}, {}, {}",
+                        r.pipeline_per_second,
+                        opt(r.ceiling_per_second, 0),
+                        opt(r.ratio(), 2)
+                    ),
+                );
+            }
+            t.row(
+                &format!("ratio_to_ceiling, median of {} rounds", self.rounds.len()),
+                opt(self.ratio_to_ceiling_median(), 2),
+            );
+        }
         t.row("ratio_to_npm_client", opt(self.ratio_to_npm_client(), 2));
         t.row(
             "index phase done after",
@@ -1206,6 +1281,8 @@ impl Report {
             "packuments_per_second": self.packuments_per_sec(),
             "mb_per_second": self.mb_per_sec(),
             "ratio_to_ceiling": self.ratio_to_ceiling(),
+            "ratio_to_ceiling_median": self.ratio_to_ceiling_median(),
+            "rounds": self.rounds.iter().map(rounds::Round::to_json).collect::<Vec<_>>(),
             "ratio_to_npm_client": self.ratio_to_npm_client(),
             "coordinator_cpu_seconds": secs(self.first.cpu),
             "coordinator_cpu_seconds_per_1000": self.cpu_per_1000(self.first.cpu),
