@@ -577,17 +577,7 @@ impl Db {
         token: i64,
         max: usize,
     ) -> rusqlite::Result<Vec<(String, String)>> {
-        let mut stmt = self.conn.prepare_cached(
-            // The names come from the pending index in (partition, name) order, which stops
-            // after LIMIT rows instead of sorting every pending name.
-            "UPDATE packages SET status = 'leased', lease_token = ?1
-             WHERE name IN (
-                 SELECT name FROM packages INDEXED BY packages_pending
-                 WHERE status = 'pending'
-                   AND partition IN (SELECT name FROM partitions WHERE status IN ('done', 'failed'))
-                 LIMIT ?2)
-             RETURNING name, indexed_rev",
-        )?;
+        let mut stmt = self.conn.prepare_cached(LEASE_PACKUMENTS)?;
         let rows = stmt.query_map(params![token, max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect()
     }
@@ -763,18 +753,8 @@ impl Db {
         add: i64,
         limit: i64,
     ) -> rusqlite::Result<usize> {
-        // One name by its key; a whole lease by its token (the leased index).
-        let which = if name.is_some() {
-            "name = ?5 AND lease_token = ?4"
-        } else {
-            "lease_token = ?4 AND ?5 IS NULL"
-        };
         self.conn
-            .prepare_cached(&format!(
-                "UPDATE {table} SET attempts = attempts + ?1, last_error = ?2, lease_token = NULL,
-                     status = CASE WHEN attempts + ?1 >= ?3 THEN 'failed' ELSE 'pending' END
-                 WHERE {which} AND status = 'leased'"
-            ))?
+            .prepare_cached(&give_back_sql(table, name.is_some()))?
             .execute(params![add, reason, limit, token, name])
     }
 
@@ -832,9 +812,9 @@ impl Db {
     /// Everything leased goes back to pending, as it was (no attempt counted).
     fn unlease_all(&self) -> rusqlite::Result<()> {
         self.conn.execute_batch(
-            "UPDATE partitions SET status = 'pending', lease_token = NULL WHERE status = 'leased';
-             UPDATE packages SET status = 'pending', lease_token = NULL WHERE status = 'leased';",
-        )
+            "UPDATE partitions SET status = 'pending', lease_token = NULL WHERE status = 'leased'",
+        )?;
+        self.conn.execute_batch(UNLEASE_PACKAGES)
     }
 
     /// Gives back the work of every lease still open, with no attempt counted, and ends
@@ -863,11 +843,7 @@ impl Db {
     /// the wanted names with `--names` (partitions are not indexed).
     pub fn has_open_work(&self, mode: Mode) -> rusqlite::Result<bool> {
         let sql = match mode {
-            Mode::Full => {
-                "SELECT EXISTS (SELECT 1 FROM partitions WHERE status IN ('pending', 'leased'))
-                     OR EXISTS (SELECT 1 FROM packages WHERE status = 'pending')
-                     OR EXISTS (SELECT 1 FROM packages WHERE status = 'leased')"
-            }
+            Mode::Full => OPEN_WORK,
             Mode::IndexOnly => {
                 "SELECT EXISTS (SELECT 1 FROM partitions WHERE status IN ('pending', 'leased'))"
             }
@@ -974,47 +950,27 @@ impl Db {
             }
         }
         {
-            // One pass over the packages for every figure.
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT status, COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(seen_run = ?1), 0),
-                        COALESCE(SUM(doc_rev IS NOT NULL AND doc_rev != '' AND doc_rev != indexed_rev), 0),
-                        COALESCE(SUM(fetched_run = ?1), 0)
-                 FROM packages GROUP BY status",
-            )?;
-            let mut rows = stmt.query([self.run])?;
-            while let Some(r) = rows.next()? {
-                let (status, n, bytes, seen, mismatch, fetched): (String, i64, i64, i64, i64, i64) = (
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                );
-                let n = n as u64;
-                c.rows_indexed += seen as u64;
-                c.fetched_this_run += fetched as u64;
-                match status.as_str() {
-                    "removed" => continue,
-                    "deleted" => {
-                        c.packuments_deleted = n;
-                        continue;
-                    }
-                    _ => {}
+            let mut stmt = self.conn.prepare_cached(COUNT_PACKAGES)?;
+            let v: [i64; 10] = stmt.query_row([self.run], |r| {
+                let mut v = [0; 10];
+                for (i, x) in v.iter_mut().enumerate() {
+                    *x = r.get(i)?;
                 }
-                c.packuments_total += n;
-                match status.as_str() {
-                    "stored" => {
-                        c.packuments_done = n;
-                        c.bytes_stored = bytes as u64;
-                        c.packuments_rev_mismatch = mismatch as u64;
-                    }
-                    "missing" => c.packuments_missing = n,
-                    "failed" => c.packuments_failed = n,
-                    "leased" => c.packuments_leased = n,
-                    _ => c.packuments_pending += n,
-                }
-            }
+                Ok(v)
+            })?;
+            let [seen, fetched, deleted, stored, bytes, mismatch, missing, failed, leased, pending] =
+                v.map(|n| n as u64);
+            c.rows_indexed = seen;
+            c.fetched_this_run = fetched;
+            c.packuments_deleted = deleted;
+            c.packuments_done = stored;
+            c.bytes_stored = bytes;
+            c.packuments_rev_mismatch = mismatch;
+            c.packuments_missing = missing;
+            c.packuments_failed = failed;
+            c.packuments_leased = leased;
+            c.packuments_pending = pending;
+            c.packuments_total = stored + missing + failed + leased + pending;
         }
         self.cached = Some((Instant::now(), started.elapsed(), c));
         Ok(c)
@@ -1076,12 +1032,7 @@ impl Db {
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let total: i64 = self.conn.query_row(
-            "SELECT (SELECT COUNT(*) FROM partitions WHERE status = 'failed')
-                  + (SELECT COUNT(*) FROM packages WHERE status = 'failed')",
-            [],
-            |r| r.get(0),
-        )?;
+        let total: i64 = self.conn.query_row(FAILURES_TOTAL, [], |r| r.get(0))?;
         Ok(FailurePage::new(failures, limit as usize, total as u64))
     }
 
@@ -1118,6 +1069,67 @@ impl Db {
         self.cached = None;
         Ok((parts as u64, pkgs as u64))
     }
+}
+
+// The statements that find packages in flight. Each names the state as the partial index
+// it needs does (`status = 'pending'`, …): SQLite uses a partial index only then, and
+// otherwise scans every package of the checkpoint.
+
+/// Leases up to ?2 pending names for lease ?1, returning them: names from the pending
+/// index in (partition, name) order, which stops after LIMIT rows instead of sorting
+/// every pending name.
+const LEASE_PACKUMENTS: &str = "UPDATE packages SET status = 'leased', lease_token = ?1
+     WHERE name IN (
+         SELECT name FROM packages INDEXED BY packages_pending
+         WHERE status = 'pending'
+           AND partition IN (SELECT name FROM partitions WHERE status IN ('done', 'failed'))
+         LIMIT ?2)
+     RETURNING name, indexed_rev";
+
+/// Every package figure of [`Counts`] (?1 the run), in one pass and as one row: a GROUP
+/// BY status would sort every package in memory, there being no index over every status.
+const COUNT_PACKAGES: &str =
+    "SELECT COALESCE(SUM(seen_run = ?1), 0), COALESCE(SUM(fetched_run = ?1), 0),
+            COUNT(*) FILTER (WHERE status = 'deleted'),
+            COUNT(*) FILTER (WHERE status = 'stored'),
+            COALESCE(SUM(bytes) FILTER (WHERE status = 'stored'), 0),
+            COUNT(*) FILTER (WHERE status = 'stored' AND doc_rev IS NOT NULL
+                             AND doc_rev != '' AND doc_rev != indexed_rev),
+            COUNT(*) FILTER (WHERE status = 'missing'),
+            COUNT(*) FILTER (WHERE status = 'failed'),
+            COUNT(*) FILTER (WHERE status = 'leased'),
+            COUNT(*) FILTER (WHERE status NOT IN
+                ('stored', 'missing', 'failed', 'leased', 'removed', 'deleted'))
+     FROM packages";
+
+/// Whether a partition or a package is pending or leased.
+const OPEN_WORK: &str =
+    "SELECT EXISTS (SELECT 1 FROM partitions WHERE status IN ('pending', 'leased'))
+         OR EXISTS (SELECT 1 FROM packages WHERE status = 'pending')
+         OR EXISTS (SELECT 1 FROM packages WHERE status = 'leased')";
+
+/// Every leased package back to pending.
+const UNLEASE_PACKAGES: &str =
+    "UPDATE packages SET status = 'pending', lease_token = NULL WHERE status = 'leased'";
+
+/// How many partitions and packages failed.
+const FAILURES_TOTAL: &str = "SELECT (SELECT COUNT(*) FROM partitions WHERE status = 'failed')
+     + (SELECT COUNT(*) FROM packages WHERE status = 'failed')";
+
+/// Gives back (?1 attempts added, ?2 the reason, failed at ?3 attempts) what lease ?4
+/// holds in `table`: one name (?5) by its key, or the whole lease by its token (for
+/// packages, through the leased index).
+fn give_back_sql(table: &str, by_name: bool) -> String {
+    let which = if by_name {
+        "name = ?5 AND lease_token = ?4"
+    } else {
+        "lease_token = ?4 AND ?5 IS NULL"
+    };
+    format!(
+        "UPDATE {table} SET attempts = attempts + ?1, last_error = ?2, lease_token = NULL,
+             status = CASE WHEN attempts + ?1 >= ?3 THEN 'failed' ELSE 'pending' END
+         WHERE {which} AND status = 'leased'"
+    )
 }
 
 /// Why a batch of index rows cannot be taken: an id over npm's name limit or a revision
@@ -1657,48 +1669,41 @@ mod tests {
         drop(Checkpoint::open(&path, &identity("s"), &plan(), 3).unwrap());
         let conn = Connection::open(&path).unwrap();
         let plan_of = |sql: &str| -> String {
-            conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map([], |r| r.get::<_, String>(3))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect::<Vec<_>>()
-                .join("; ")
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let mut rows = stmt.raw_query();
+            let mut steps = Vec::new();
+            while let Some(row) = rows.next().unwrap() {
+                steps.push(row.get::<_, String>(3).unwrap());
+            }
+            steps.join("; ")
         };
-        // Each names the state the way the index does, so a checkpoint of millions of
-        // stored packages is never scanned to find the few in flight.
+        // The statements the checkpoint runs, so that one of millions of stored packages
+        // never makes a lease, its end or a question about the run scan them all.
         let cases = [
+            (LEASE_PACKUMENTS.to_string(), "packages_pending"),
+            (give_back_sql("packages", false), "packages_leased"),
             (
-                "SELECT name FROM packages INDEXED BY packages_pending WHERE status = 'pending'
-                   AND partition IN (SELECT name FROM partitions WHERE status IN ('done', 'failed')) LIMIT 10",
-                "packages_pending",
+                give_back_sql("packages", true),
+                "sqlite_autoindex_packages_1",
             ),
-            (
-                "UPDATE packages SET status = 'pending' WHERE lease_token = 7 AND NULL IS NULL AND status = 'leased'",
-                "packages_leased",
-            ),
-            (
-                "UPDATE packages SET status = 'pending', lease_token = NULL WHERE status = 'leased'",
-                "packages_leased",
-            ),
-            (
-                "SELECT EXISTS (SELECT 1 FROM packages WHERE status = 'pending')
-                     OR EXISTS (SELECT 1 FROM packages WHERE status = 'leased')",
-                "packages_pending",
-            ),
-            (
-                "SELECT COUNT(*) FROM packages WHERE status = 'failed'",
-                "packages_failed",
-            ),
+            (UNLEASE_PACKAGES.to_string(), "packages_leased"),
+            (OPEN_WORK.to_string(), "packages_pending"),
+            (OPEN_WORK.to_string(), "packages_leased"),
+            (FAILURES_TOTAL.to_string(), "packages_failed"),
         ];
         for (sql, index) in cases {
-            let plan = plan_of(sql);
+            let plan = plan_of(&sql);
             assert!(plan.contains(index), "{sql}: {plan}");
             let full_scan = plan
                 .split("; ")
                 .any(|step| step.starts_with("SCAN packages") && !step.contains(" USING "));
             assert!(!full_scan, "{sql}: {plan}");
         }
+        // The counts read every package once, holding nothing but the sums.
+        let counts = plan_of(COUNT_PACKAGES);
+        assert!(!counts.contains("TEMP B-TREE"), "{counts}");
+        let export = plan_of(crate::export::STORED_NAMES);
+        assert!(!export.contains("TEMP B-TREE"), "{export}");
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub struct ExportArgs {
 }
 
 /// Streams the export on a blocking thread (the checkpoint cursor stays on it).
+/// Every stored package's name, in order (walking the name index: nothing is sorted).
+pub(crate) const STORED_NAMES: &str =
+    "SELECT name FROM packages WHERE status = 'stored' ORDER BY name";
+
 pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || run(args, handle)).await?
@@ -40,8 +44,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 fn run(args: ExportArgs, rt: tokio::runtime::Handle) -> anyhow::Result<ExitCode> {
     let conn = open(&args.db.db)?;
     let store = recorded_store(&conn)?;
-    let mut stmt =
-        conn.prepare("SELECT name FROM packages WHERE status = 'stored' ORDER BY name")?;
+    let mut stmt = conn.prepare(STORED_NAMES)?;
     let mut rows = stmt.query([])?;
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     while let Some(row) = rows.next()? {
