@@ -378,17 +378,14 @@ impl Db {
             urgent |= !job.can_wait;
             replies.push((job.run)(Some(self)));
         }
-        let outcome = self.conn.execute_batch("COMMIT");
-        if outcome.is_ok() {
-            self.commits += 1;
-        }
-        let outcome = outcome.map_err(|e| {
+        let outcome = self.conn.execute_batch("COMMIT").map_err(|e| {
             tracing::error!(error = %e, "checkpoint: commit failed");
             let _ = self.conn.execute_batch("ROLLBACK");
             // What the batch changed is gone; so is anything counted from it.
             self.cached = None;
             format!("commit failed: {e}")
         });
+        self.commits += u64::from(outcome.is_ok());
         replies.into_iter().map(|r| (r, outcome.clone())).collect()
     }
 
@@ -831,11 +828,7 @@ impl Db {
 
     /// Whether a partition is still to be indexed or being indexed (exact, and cheap).
     pub fn indexing(&self) -> rusqlite::Result<bool> {
-        self.conn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM partitions WHERE status IN ('pending', 'leased'))",
-            )?
-            .query_row([], |r| r.get(0))
+        self.has_open_work(Mode::IndexOnly)
     }
 
     /// Whether anything is pending or leased (exact, and cheap on a large checkpoint).

@@ -31,11 +31,11 @@ pub struct ExportArgs {
     pub versions: bool,
 }
 
-/// Streams the export on a blocking thread (the checkpoint cursor stays on it).
 /// Every stored package's name, in order (walking the name index: nothing is sorted).
 pub(crate) const STORED_NAMES: &str =
     "SELECT name FROM packages WHERE status = 'stored' ORDER BY name";
 
+/// Streams the export on a blocking thread (the checkpoint cursor stays on it).
 pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || run(args, handle)).await?

@@ -106,8 +106,10 @@ pub fn create_or_migrate(conn: &Connection) -> rusqlite::Result<()> {
     if existing && version < 2 {
         migrate_to_2(conn)?;
     }
-    // 4 → 5: the partial indexes below replace the index over every package's status.
-    conn.execute_batch("DROP INDEX IF EXISTS packages_by_status")?;
+    if existing && version < 5 {
+        // The partial indexes of SCHEMA replace the index over every package's status.
+        conn.execute_batch("DROP INDEX IF EXISTS packages_by_status")?;
+    }
     conn.execute_batch(SCHEMA)?;
     conn.pragma_update(None, "user_version", VERSION)
 }

@@ -270,7 +270,7 @@ async fn bench(args: &Args) -> Result<Report> {
         async move { run_coordinator(bin, args, env, &log, timeout).await }
     };
     let (expected_stored, largest_document) = expected(&registry, args.index_only);
-    let mut rounds = extra_rounds(args, &bins, &sim, &workdir, &fetchers, &env).await?;
+    let mut all_rounds = extra_rounds(args, &bins, &sim, &workdir, &fetchers, &env).await?;
     let (ceiling, npm, notes) = comparisons(args, &sim_url, &registry, &workdir).await?;
     settle(&workdir).await;
     let before = sim.stats();
@@ -296,7 +296,7 @@ async fn bench(args: &Args) -> Result<Report> {
         fetcher_cpu.push(cpu);
     }
     sim.shutdown().await;
-    rounds.push(rounds::Round::new(ceiling.as_ref(), &first, &first_stats));
+    all_rounds.push(rounds::Round::new(ceiling.as_ref(), &first, &first_stats));
     let mut report = Report {
         args_line: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         fetchers: args.fetchers,
@@ -313,7 +313,7 @@ async fn bench(args: &Args) -> Result<Report> {
         bench_peak_rss_kb: vm_hwm_kb("self").unwrap_or(0),
         ceiling,
         npm,
-        rounds,
+        rounds: all_rounds,
         notes,
         stored_files,
         index_rows,
@@ -336,13 +336,22 @@ async fn extra_rounds(
     fetchers: &[FetcherProcess],
     env: &[(&str, &str)],
 ) -> Result<Vec<rounds::Round>> {
+    if args.rounds <= 1 {
+        return Ok(Vec::new());
+    }
     let sim_url = sim.url();
-    let names: Vec<String> = sim.registry().names().map(str::to_string).collect();
+    let with_ceiling = !args.no_ceiling && !args.index_only;
+    // The bare loop's list of names (none without it: at 5 M names it would be large).
+    let names: Vec<String> = if with_ceiling {
+        sim.registry().names().map(str::to_string).collect()
+    } else {
+        Vec::new()
+    };
     let setup = rounds::RoundSetup {
         sim_url: &sim_url,
         names: &names,
         in_flight: in_flight(args),
-        with_ceiling: !args.no_ceiling && !args.index_only,
+        with_ceiling,
     };
     let mut rounds = Vec::new();
     for r in 1..args.rounds {
