@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use alldocs_coordinator::cli::{execute, exit_code, Cli};
-use alldocs_fetcher::telemetry;
+use alldocs_fetcher::serve::telemetry;
 use clap::Parser;
 
 #[tokio::main]

@@ -10,14 +10,14 @@ use std::{
 };
 
 use alldocs_coordinator::{
-    budget::Budget,
-    changes::Feed,
     checkpoint::{Checkpoint, RunIdentity},
+    fleet::budget::Budget,
+    fleet::rates::Stats,
+    follow::changes::Feed,
     follow::{Caught, FollowSettings, Tail},
     plan,
-    rates::Stats,
 };
-use alldocs_fetcher::{http::RetryPolicy, npmrc::Credentials};
+use alldocs_fetcher::{source::http::RetryPolicy, source::npmrc::Credentials};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;

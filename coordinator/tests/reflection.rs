@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use alldocs_fetcher::npmrc::Credentials;
+use alldocs_fetcher::source::npmrc::Credentials;
 use alldocs_tests::{
     procs::{self, Listening},
     py::{json_u64, python_env, reflect_call, reflect_list, reflect_stream},

@@ -13,11 +13,11 @@ use std::{
 
 use alldocs_coordinator::{
     checkpoint::{Checkpoint, Counts, RunIdentity},
-    fetchers::FetcherHandle,
-    lease::Settings,
+    fleet::fetchers::FetcherHandle,
+    fleet::lease::Settings,
+    fleet::rates::Stats,
     plan,
-    rates::Stats,
-    scheduler::Scheduler,
+    run::scheduler::Scheduler,
 };
 use alldocs_proto::v1::{
     fetch_event::Event,
@@ -124,7 +124,11 @@ impl Fake {
                     .registry
                     .iter()
                     .filter(|(id, _)| {
-                        alldocs_fetcher::keys::in_range(id, w.start.as_deref(), w.end.as_deref())
+                        alldocs_fetcher::store::keys::in_range(
+                            id,
+                            w.start.as_deref(),
+                            w.end.as_deref(),
+                        )
                     })
                     .map(|(id, rev)| IndexRow {
                         id: id.clone(),

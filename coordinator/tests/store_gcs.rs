@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alldocs_fetcher::{packument::SPILL_BYTES, store::packument_path};
+use alldocs_fetcher::{source::packument::SPILL_BYTES, store::packument_path};
 use alldocs_tests::{
     coord::{job_args, wait_done},
     gcs::{GcsObject, GcsServer, GcsStats},

@@ -2,7 +2,7 @@
 //! S3-compatible server on loopback (`moto_server`, from PyPI), large documents as
 //! multipart uploads, and every object reads back byte for byte.
 
-use alldocs_fetcher::packument::SPILL_BYTES;
+use alldocs_fetcher::source::packument::SPILL_BYTES;
 use alldocs_tests::{
     procs::{args, run},
     s3::S3Server,

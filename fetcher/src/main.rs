@@ -3,32 +3,14 @@
 use std::process::ExitCode;
 
 use alldocs_fetcher::{
-    auth::TOKEN_ENV,
-    grpc,
-    npmrc::NpmConfig,
-    serve::{prepare, ServeArgs, StartError},
-    telemetry, FetchService,
+    serve::auth::TOKEN_ENV,
+    serve::grpc,
+    serve::options::{prepare, Cli, Command, ServeArgs, StartError},
+    serve::telemetry,
+    source::npmrc::NpmConfig,
+    FetchService,
 };
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(
-    name = "fetcher",
-    version,
-    about = "alldocs fetcher: pages _all_docs and fetches packuments into an object store"
-)]
-struct Cli {
-    #[command(flatten)]
-    log: telemetry::LogArgs,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve alldocs.v1.Fetcher (with health and reflection) until SIGTERM or Ctrl-C.
-    Serve(ServeArgs),
-}
+use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -31,7 +31,12 @@ async fn serve(
     let stopped = async move {
         let _ = stop.await;
     };
-    let job = tokio::spawn(alldocs_coordinator::job::job(args, true, stopped, Some(tx)));
+    let job = tokio::spawn(alldocs_coordinator::run::job::job(
+        args,
+        true,
+        stopped,
+        Some(tx),
+    ));
     Ok((format!("http://{}", rx.await?), job))
 }
 

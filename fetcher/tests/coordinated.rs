@@ -5,7 +5,10 @@
 
 use std::{net::SocketAddr, path::Path, process::ExitCode};
 
-use alldocs_coordinator::cli::{exit_code, Cli, Command, JobArgs};
+use alldocs_coordinator::{
+    cli::{exit_code, Cli, Command},
+    run::args::JobArgs,
+};
 use alldocs_tests::{
     coord::{job_args, stored_files, wait_done, wait_until},
     procs::{args, free_port, Listening},
@@ -36,7 +39,8 @@ fn parse(argv: &[String]) -> JobArgs {
 
 /// `coordinator run …` in this process: its exit code, and the error it would print.
 async fn run(argv: &[String]) -> (ExitCode, Option<String>) {
-    match alldocs_coordinator::job::job(parse(argv), false, std::future::pending(), None).await {
+    match alldocs_coordinator::run::job::job(parse(argv), false, std::future::pending(), None).await
+    {
         Ok(code) => (code, None),
         Err(e) => (exit_code(&e), Some(format!("{e:#}"))),
     }
@@ -49,7 +53,7 @@ async fn serve(
 ) -> anyhow::Result<(String, tokio::task::JoinHandle<anyhow::Result<ExitCode>>)> {
     let (tx, rx) = oneshot::channel::<SocketAddr>();
     let args = parse(argv);
-    let job = tokio::spawn(alldocs_coordinator::job::job(
+    let job = tokio::spawn(alldocs_coordinator::run::job::job(
         args,
         true,
         async move {
@@ -238,7 +242,7 @@ async fn no_fetcher_answering_is_a_clear_error_that_spends_no_attempt() -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_largest_lease_a_coordinator_sends_reaches_a_fetcher() -> anyhow::Result<()> {
     use alldocs_coordinator::{
-        budget::Pace, checkpoint::Work, cli::MAX_LEASE_SIZE, lease::Settings,
+        checkpoint::Work, fleet::budget::Pace, fleet::lease::Settings, run::args::MAX_LEASE_SIZE,
     };
     use alldocs_proto::v1::{fetch_event::Event, fetcher_client::FetcherClient, Accept};
 

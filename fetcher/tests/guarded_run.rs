@@ -29,7 +29,7 @@ async fn run(argv: &[String]) -> (ExitCode, String) {
     let Command::Run(args) = cli.command else {
         panic!("a run")
     };
-    match alldocs_coordinator::job::job(args, false, std::future::pending(), None).await {
+    match alldocs_coordinator::run::job::job(args, false, std::future::pending(), None).await {
         Ok(code) => (code, String::new()),
         Err(e) => (exit_code(&e), format!("{e:#}")),
     }

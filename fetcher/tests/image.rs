@@ -15,7 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alldocs_coordinator::cli::{exit_code, Cli, Command as CoordinatorCommand, JobArgs};
+use alldocs_coordinator::{
+    cli::{exit_code, Cli, Command as CoordinatorCommand},
+    run::args::JobArgs,
+};
 use alldocs_proto::v1::{fetch_event::Event, fetcher_client::FetcherClient};
 use alldocs_tests::{
     coord::{checkpoint_statuses, job_args, stored_files, wait_until},
@@ -346,9 +349,10 @@ async fn image_run_stores_every_packument() -> Result<()> {
         &container.url(),
     ];
     let argv = job_args("run", &store.1, &sim.url(), &opts);
-    let outcome = alldocs_coordinator::job::job(parse(&argv), false, std::future::pending(), None)
-        .await
-        .map_err(|e| (exit_code(&e), format!("{e:#}")));
+    let outcome =
+        alldocs_coordinator::run::job::job(parse(&argv), false, std::future::pending(), None)
+            .await
+            .map_err(|e| (exit_code(&e), format!("{e:#}")));
     assert_eq!(outcome, Ok(ExitCode::SUCCESS));
     let files = stored_files(&store.1.join("data"));
     assert_eq!(files.len(), 300);
@@ -405,7 +409,7 @@ async fn image_podman_stop_ends_the_fetcher_and_its_leases_cleanly() -> Result<(
     let argv = job_args("serve", &dir_path, &sim.url(), &opts);
     let (stop, stopped) = oneshot::channel::<()>();
     let (tx, rx) = oneshot::channel::<SocketAddr>();
-    let job = tokio::spawn(alldocs_coordinator::job::job(
+    let job = tokio::spawn(alldocs_coordinator::run::job::job(
         parse(&argv),
         true,
         async move {

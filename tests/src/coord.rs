@@ -89,7 +89,7 @@ pub fn stored_files(data: &Path) -> BTreeMap<String, Vec<u8>> {
                 walk(&path, &format!("{prefix}{name}/"), out);
             } else if let Some(stem) = name.strip_suffix(".json") {
                 let key = format!("{prefix}{stem}");
-                let name = alldocs_fetcher::names::decode_key(&key).unwrap_or(key);
+                let name = alldocs_fetcher::store::names::decode_key(&key).unwrap_or(key);
                 out.insert(name, std::fs::read(&path).unwrap());
             }
         }

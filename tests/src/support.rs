@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use alldocs_fetcher::{grpc, npmrc::Credentials, FetchService};
+use alldocs_fetcher::{serve::grpc, source::npmrc::Credentials, FetchService};
 use alldocs_proto::v1::{
     fetch_event::Event, fetcher_client::FetcherClient, lease::Work, Accept, IndexWork, Lease,
     PackumentRequest, PackumentWork,

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use alldocs_fetcher::{npmrc::Credentials, store::Store};
+use alldocs_fetcher::{source::npmrc::Credentials, store::Store};
 use alldocs_proto::v1::fetch_event::Event;
 use alldocs_tests::{
     fixtures,
@@ -34,7 +34,7 @@ fn partitions() -> Vec<(Option<String>, Option<String>)> {
     let pivots = [
         "1", "@types", "A", "a", "b0", "b1", "left-pad", "react", "zzz-last",
     ];
-    alldocs_fetcher::keys::partitions(&pivots)
+    alldocs_fetcher::store::keys::partitions(&pivots)
         .into_iter()
         .map(|p| (p.start, p.end))
         .collect()
@@ -70,7 +70,8 @@ async fn partitions_union_equals_all_docs_for_every_page_size() -> anyhow::Resul
                 .unwrap_or_else(|| panic!("partition {start:?}..{end:?} finished: {events:?}"));
             assert_eq!(done.rows as usize, rows.len());
             // The stored index holds exactly the streamed rows.
-            let name = alldocs_fetcher::keys::partition_name(start.as_deref(), end.as_deref());
+            let name =
+                alldocs_fetcher::store::keys::partition_name(start.as_deref(), end.as_deref());
             let stored = std::fs::read(dir.path().join(format!("index/{name}.jsonl")))?;
             assert_eq!(parse_index(&stored)?, rows, "index/{name}.jsonl");
             assert!(
@@ -82,7 +83,7 @@ async fn partitions_union_equals_all_docs_for_every_page_size() -> anyhow::Resul
             }
             for (id, _) in &rows {
                 assert!(
-                    alldocs_fetcher::keys::in_range(id, start.as_deref(), end.as_deref()),
+                    alldocs_fetcher::store::keys::in_range(id, start.as_deref(), end.as_deref()),
                     "{id} outside {start:?}..{end:?}"
                 );
             }
@@ -173,7 +174,7 @@ async fn packuments_are_stored_byte_for_byte_and_404s_are_missing() -> anyhow::R
     assert!(dir.path().join("packuments/@types/node.json").is_file());
     let ts = std::fs::metadata(dir.path().join("packuments/typescript.json"))?.len();
     assert!(
-        ts > alldocs_fetcher::packument::SPILL_BYTES as u64,
+        ts > alldocs_fetcher::source::packument::SPILL_BYTES as u64,
         "typescript is {ts} bytes"
     );
     let Some(Event::Summary(summary)) = events.last() else {
@@ -197,19 +198,19 @@ async fn packuments_are_stored_byte_for_byte_and_404s_are_missing() -> anyhow::R
 /// rows before the page, so it is not taken as a jump.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_startkey_row_deleted_between_pages_is_paged_past() -> anyhow::Result<()> {
-    use alldocs_fetcher::{all_docs, index};
+    use alldocs_fetcher::{source::all_docs, source::pager};
     let peer = PouchServer::start().await?;
     let names: Vec<String> = (0..12).map(|i| format!("p{i:02}")).collect();
     let revs = peer
         .load(names.iter().map(|n| fixtures::tiny_doc(n)).collect())
         .await?;
     let http = reqwest::Client::new();
-    let mut pager = index::Pager::new(None, None, 4);
+    let mut pager = pager::Pager::new(None, None, 4);
     let (mut got, mut second_page) = (Vec::new(), None);
     for page in 1.. {
         assert!(page < 10, "paging does not end");
         let req = pager.request();
-        let url = index::page_url(&peer.db_url(), req.startkey, req.endkey, req.limit);
+        let url = pager::page_url(&peer.db_url(), req.startkey, req.endkey, req.limit);
         let body = http
             .get(&url)
             .send()
@@ -231,7 +232,7 @@ async fn a_startkey_row_deleted_between_pages_is_paged_past() -> anyhow::Result<
                 .await?
                 .error_for_status()?;
         }
-        if paged.step == index::Step::Done {
+        if paged.step == pager::Step::Done {
             break;
         }
     }

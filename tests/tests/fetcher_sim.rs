@@ -13,8 +13,8 @@ use std::{
 };
 
 use alldocs_fetcher::{
-    keys::{in_range, partition_name},
-    npmrc::{Credentials, Secret},
+    source::npmrc::{Credentials, Secret},
+    store::keys::{in_range, partition_name},
     store::{index_path, packument_path, Store},
 };
 use alldocs_proto::v1::{
@@ -175,7 +175,7 @@ async fn index_all_partitions(
     let store = Store::open(&store_url)?;
     let mut union = Vec::new();
     let mut empty = 0;
-    for p in alldocs_fetcher::keys::partitions(pivots) {
+    for p in alldocs_fetcher::store::keys::partitions(pivots) {
         let (start, end) = (p.start.as_deref(), p.end.as_deref());
         let lease = index_lease(&sim.url(), &store_url, start, end, page_size);
         let events = fetch_all(&mut client, lease).await?;

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alldocs_fetcher::npmrc::Credentials;
+use alldocs_fetcher::source::npmrc::Credentials;
 use alldocs_proto::v1::{fetch_event::Event, Accept, ItemFailed, LeaseSummary};
 use alldocs_tests::{
     hostile_registry::{document_for, HostileRegistry, STALL},

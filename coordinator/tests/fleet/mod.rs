@@ -12,7 +12,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use alldocs_fetcher::{npmrc::Credentials, FetchService};
+use alldocs_fetcher::{source::npmrc::Credentials, FetchService};
 use alldocs_proto::v1::fetcher_server::FetcherServer;
 use alldocs_tests::loopback::serve_http;
 use base64::Engine;

@@ -6,8 +6,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use alldocs_fetcher::{
-    http::build_client,
-    packument::packument_url,
+    source::http::build_client,
+    source::packument::packument_url,
     store::{packument_path, Store},
 };
 use anyhow::{bail, Context as _, Result};

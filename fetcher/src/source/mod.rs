@@ -1,0 +1,18 @@
+//! **Part `source`: reading the origins.** One pooled HTTP client with retries, redirects
+//! followed by hand and per-hop tokens ([`http`]), each lease paced on the run's request
+//! grid ([`pace`]); the registry and tokens as npm reads them ([`npmrc`]); what a lease may
+//! name ([`policy`]); paging `_all_docs` exactly ([`all_docs`], [`pager`], [`index`]); fetching and
+//! storing packuments ([`packument`]); and the channel a lease's events go out on
+//! ([`events`]).
+//!
+//! Uses: `store`.
+
+pub mod all_docs;
+pub mod events;
+pub mod http;
+pub mod index;
+pub mod npmrc;
+pub mod pace;
+pub mod packument;
+pub mod pager;
+pub mod policy;
