@@ -1,7 +1,7 @@
 //! `deploy/cloudrun/service.yaml` as Cloud Run would run it: the real `fetcher serve` with
 //! exactly the manifest's environment (placeholders filled in, the secret given a value)
-//! and `PORT` set starts and serves, and the manifest keeps the guarantees the deploy
-//! README promises (IAM check on, h2c port, a request timeout above the lease duration).
+//! and `PORT` set starts and serves, and the manifest keeps the guarantees docs/cloud-run.md
+//! promises (IAM check on, h2c port, a request timeout above the lease duration).
 
 mod common;
 
