@@ -20,7 +20,7 @@ use crate::{
     api::admin::{self, AdminGuard},
     api::CoordinatorService,
     checkpoint::lock::CheckpointLock,
-    checkpoint::{Checkpoint, CheckpointError, Counts, Mode, Opened},
+    checkpoint::{Checkpoint, CheckpointError, Mode, Opened},
     fleet::fetchers::FetcherHandle,
     fleet::rates::Stats,
     follow::changes::Feed,
@@ -109,6 +109,14 @@ struct Running {
 
 type Stop<'a> = Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>;
 
+/// How one pass of the scheduler ended.
+enum Ran {
+    Done,
+    /// Told to stop, but the work was done by then.
+    DoneAsStopped,
+    Interrupted,
+}
+
 impl Running {
     async fn start(
         args: JobArgs,
@@ -187,16 +195,18 @@ impl Running {
         }
         let mut summarized = false;
         loop {
-            if self.run_once(stop.as_mut()).await?.is_none() {
-                return Ok(self.interrupted());
-            }
+            let finished_as_stopped = match self.run_once(stop.as_mut()).await? {
+                Ran::Interrupted => return Ok(self.interrupted()),
+                Ran::Done => false,
+                Ran::DoneAsStopped => true,
+            };
             // Following, the snapshot is summarized once; later batches are logged.
             let failed = match (&self.tail, summarized) {
                 (Some(_), true) => 0,
                 _ => self.summarize().await?,
             };
             summarized = true;
-            if !stay {
+            if !stay || finished_as_stopped {
                 self.server.abort();
                 return Ok(if failed == 0 {
                     ExitCode::SUCCESS
@@ -252,7 +262,7 @@ impl Running {
     }
 
     /// Runs the scheduler with progress shown; `None` if told to stop first.
-    async fn run_once(&self, stop: Stop<'_>) -> anyhow::Result<Option<Counts>> {
+    async fn run_once(&self, stop: Stop<'_>) -> anyhow::Result<Ran> {
         let (stop_display, display_stopped) = oneshot::channel();
         let display = tokio::spawn(display::show(
             self.service.clone(),
@@ -266,7 +276,19 @@ impl Running {
         };
         let _ = stop_display.send(());
         let _ = display.await;
-        outcome.transpose()
+        match outcome {
+            Some(result) => result.map(|_| Ran::Done),
+            None => {
+                // Told to stop as the last lease was ending: if the checkpoint says the
+                // work is done, the run is finished, not interrupted.
+                let counts = self.service.checkpoint.call(|db| db.counts_now()).await?;
+                Ok(if counts.is_done() {
+                    Ran::DoneAsStopped
+                } else {
+                    Ran::Interrupted
+                })
+            }
+        }
     }
 
     /// Stops in-process fetchers (their leases end cleanly) and says how to carry on.
