@@ -271,3 +271,22 @@ pub fn state_of(c: &Counts) -> RunState {
         RunState::Fetching
     }
 }
+
+/// The coordinator's gRPC server: the API (behind the admin token, if one is set),
+/// health, and reflection v1 and v1alpha (always open).
+pub async fn serve(
+    service: CoordinatorService,
+    guard: admin::AdminGuard,
+    listener: tokio::net::TcpListener,
+) -> impl std::future::Future<Output = Result<(), tonic::transport::Error>> {
+    use alldocs_fetcher::serve::grpc;
+    use alldocs_proto::v1::coordinator_server::CoordinatorServer;
+    let (refl_v1, refl_v1alpha) = grpc::reflection();
+    let health = grpc::health::<CoordinatorServer<CoordinatorService>>().await;
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(refl_v1)
+        .add_service(refl_v1alpha)
+        .add_service(CoordinatorServer::with_interceptor(service, guard))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+}

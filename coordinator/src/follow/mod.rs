@@ -56,6 +56,19 @@ pub struct Tail {
 }
 
 impl Tail {
+    /// Says where following stopped, and how to carry on.
+    pub fn say_where_stopped(&self) {
+        let seq = self
+            .stats
+            .feed()
+            .ours
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        eprintln!(
+            "stopped following at feed sequence {seq}; the checkpoint keeps it: `coordinator serve --follow` with the same --db carries on from there"
+        );
+    }
+
     /// Before the first lease: resumes at the recorded sequence, or records the feed's head
     /// as where following starts (before any partition is indexed).
     pub async fn begin(&self, opened: Opened) -> anyhow::Result<()> {

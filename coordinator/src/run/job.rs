@@ -9,7 +9,7 @@ use alldocs_fetcher::{
     source::http::{redact, RetryPolicy},
     store::Store,
 };
-use alldocs_proto::v1::{coordinator_server::CoordinatorServer, RunState};
+use alldocs_proto::v1::RunState;
 use tokio::{
     net::TcpListener,
     sync::{oneshot, watch, Notify},
@@ -137,7 +137,7 @@ impl Running {
             mode: prepared.mode,
         };
         let guard = AdminGuard::new(admin::admin_token().as_deref());
-        let server = tokio::spawn(serve_api(service.clone(), guard, listener).await);
+        let server = tokio::spawn(crate::api::serve(service.clone(), guard, listener).await);
         let plan = Arc::new(prepared.partitions.clone());
         let (origin, credentials) = (
             prepared.settings.replicate_origin.clone(),
@@ -233,7 +233,7 @@ impl Running {
             let caught = tokio::select! {
                 caught = tail.catch_up() => caught,
                 _ = stop.as_mut() => {
-                    say_where_following_stopped(tail);
+                    tail.say_where_stopped();
                     return Ok(false);
                 }
             };
@@ -250,7 +250,7 @@ impl Running {
                 _ = tokio::time::sleep(tail.settings.interval) => {}
                 _ = self.retried.notified() => return Ok(true),
                 _ = stop.as_mut() => {
-                    say_where_following_stopped(tail);
+                    tail.say_where_stopped();
                     return Ok(false);
                 }
                 r = &mut self.server => {
@@ -377,34 +377,4 @@ impl Running {
         );
         Ok(failed)
     }
-}
-
-/// Says where following stopped, and how to carry on.
-fn say_where_following_stopped(tail: &Tail) {
-    let seq = tail
-        .stats
-        .feed()
-        .ours
-        .map(|s| s.to_string())
-        .unwrap_or_default();
-    eprintln!(
-        "stopped following at feed sequence {seq}; the checkpoint keeps it: `coordinator serve --follow` with the same --db carries on from there"
-    );
-}
-
-/// The coordinator's gRPC server: the API (behind the admin token, if one is set),
-/// health, and reflection v1 and v1alpha (always open).
-async fn serve_api(
-    service: CoordinatorService,
-    guard: AdminGuard,
-    listener: TcpListener,
-) -> impl Future<Output = Result<(), tonic::transport::Error>> {
-    let (refl_v1, refl_v1alpha) = grpc::reflection();
-    let health = grpc::health::<CoordinatorServer<CoordinatorService>>().await;
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(refl_v1)
-        .add_service(refl_v1alpha)
-        .add_service(CoordinatorServer::with_interceptor(service, guard))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
 }
