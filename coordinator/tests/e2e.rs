@@ -10,7 +10,10 @@ use alldocs_proto::v1::{
     ListPartitionsRequest,
 };
 use alldocs_tests::{
-    coord::{checkpoint_dump, checkpoint_statuses, job_args, stored_files, wait_done, wait_until},
+    coord::{
+        checkpoint_dump, checkpoint_statuses, job_args, pack_files, stored_files, wait_done,
+        wait_until,
+    },
     fixtures::{self, EDGE_NAMES},
     pouch::PouchServer,
     procs::{args, run, Listening},
@@ -31,7 +34,20 @@ async fn run_against_pouchdb_stores_every_real_packument_exactly() -> anyhow::Re
     docs.extend(EDGE_NAMES.iter().map(|n| fixtures::tiny_doc(n)));
     peer.load(docs).await?;
     let truth = all_docs_unpaged(&peer.db_url()).await?;
+    for layout in ["packs", "files"] {
+        run_against_pouchdb(&peer, &truth, layout)
+            .await
+            .map_err(|e| e.context(format!("--layout {layout}")))?;
+    }
+    Ok(())
+}
 
+/// One snapshot of the peer in `layout`, checked byte for byte against what it serves.
+async fn run_against_pouchdb(
+    peer: &PouchServer,
+    truth: &[(String, String)],
+    layout: &str,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // Pivots equal to existing ids; names before the first pivot and after the last; a
     // page size of 3 forces paging everywhere.
@@ -42,18 +58,37 @@ async fn run_against_pouchdb_stores_every_real_packument_exactly() -> anyhow::Re
             "serve",
             dir.path(),
             &peer.db_url(),
-            &["--pivots", pivots, "--page-size", "3", "--lease-size", "7"],
+            &[
+                "--pivots",
+                pivots,
+                "--page-size",
+                "3",
+                "--lease-size",
+                "7",
+                "--layout",
+                layout,
+            ],
         ),
         &[],
     )?;
     let done = wait_done(&serve.url()).await?;
 
-    // Every document is stored byte for byte as the registry serves it.
-    let stored = stored_files(&dir.path().join("data"));
-    assert_eq!(stored.len(), truth.len(), "one object per package");
+    // Every document is stored byte for byte as the registry serves it, in the layout
+    // asked for: many per pack, or one object each.
+    let data = dir.path().join("data");
+    let stored = stored_files(&data);
+    assert_eq!(stored.len(), truth.len(), "every package stored once");
+    let packs = pack_files(&data);
+    match layout {
+        "packs" => {
+            assert!(!packs.is_empty() && !data.join("packuments").exists());
+            assert!(packs.len() < truth.len(), "{} packs", packs.len());
+        }
+        _ => assert!(packs.is_empty() && data.join("packuments").is_dir()),
+    }
     let http = reqwest::Client::new();
     let mut bytes = 0u64;
-    for (name, _) in &truth {
+    for (name, _) in truth {
         let served = http
             .get(format!("{}/{}", peer.db_url(), name.replace('/', "%2f")))
             .header("accept", "application/json")
@@ -63,6 +98,21 @@ async fn run_against_pouchdb_stores_every_real_packument_exactly() -> anyhow::Re
             .await?;
         bytes += served.len() as u64;
         assert!(stored[name] == served, "{name} is stored byte-exact");
+        let (code, shown, err) = run(
+            &coordinator(),
+            &args(&[
+                "show",
+                name,
+                "--db",
+                dir.path().join("alldocs.sqlite").to_str().unwrap(),
+            ]),
+            &[],
+        )?;
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            shown.as_bytes() == served,
+            "show {name} gives the bytes served"
+        );
     }
 
     // The index, read partition by partition in plan order, is `_all_docs` exactly.
@@ -80,7 +130,8 @@ async fn run_against_pouchdb_stores_every_real_packument_exactly() -> anyhow::Re
         index.extend(parse_index(&std::fs::read(path)?)?);
     }
     assert_eq!(
-        index, truth,
+        index.as_slice(),
+        truth,
         "the union of index objects is _all_docs, each id once"
     );
 
@@ -142,6 +193,16 @@ async fn sigkill_mid_run_then_resume_finishes_without_refetching() -> anyhow::Re
         stored_before.len()
     );
     assert!(stored_before.len() < 1500, "killed mid-run");
+    // Every package the checkpoint calls stored is readable: no stored row points at a
+    // pack that is not whole (packs are written whole, then reported).
+    let db = dir.path().join("alldocs.sqlite");
+    let (code, exported, err) = run(
+        &coordinator(),
+        &args(&["export", "--db", db.to_str().unwrap()]),
+        &[],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(exported.lines().count(), stored_before.len());
 
     let second = Listening::start(
         &coordinator(),
@@ -226,14 +287,17 @@ async fn reruns_fetch_only_what_changed() -> anyhow::Result<()> {
     let (code, _, err) = run(&coordinator(), &job, &[])?;
     assert_eq!(code, 0, "{err}");
     assert_eq!(sim.stats().packument_requests, changed.len() as u64);
+    let stored = stored_files(&dir.path().join("data"));
     for name in changed {
         assert_eq!(
             sim.requests_for(name),
             1,
             "{name} changed and was fetched again"
         );
-        let stored = std::fs::read(dir.path().join(format!("data/packuments/{name}.json")))?;
-        assert_eq!(Some(stored), sim.registry().document(name, false));
+        assert_eq!(
+            stored.get(name).cloned(),
+            sim.registry().document(name, false)
+        );
     }
     Ok(())
 }

@@ -83,6 +83,7 @@ async fn setup(origin: &str) -> Setup {
         store: "memory://follow".into(),
         pivots: pivots.clone(),
         accept: "full".into(),
+        layout: None,
     };
     let partitions = plan::partitions(&pivots);
     let (checkpoint, opened) =

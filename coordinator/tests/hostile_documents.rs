@@ -40,6 +40,19 @@ fn package_rows(db: &Path) -> BTreeMap<String, (String, String)> {
 }
 
 /// Every file under `dir`, recursively, as paths relative to it.
+/// The store holds these packuments and nothing else but the index: each as a file of its
+/// own, or in packs holding only them; no temp file, no staged name.
+fn assert_only_stored(data: &Path, names: &[&str]) {
+    let stored = stored_files(data);
+    assert_eq!(stored.keys().collect::<Vec<_>>(), names);
+    for f in files(data) {
+        let ok = f.starts_with("index/")
+            || (f.starts_with("packs/") && f.ends_with(".pack"))
+            || names.iter().any(|n| f == format!("packuments/{n}.json"));
+        assert!(ok, "an object of no stored packument: {f}");
+    }
+}
+
 fn files(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -105,7 +118,7 @@ async fn a_gzip_bomb_and_unpublishable_names_are_failed_and_nothing_of_them_is_s
 
     // Only react's document is stored: no bomb object, no temp file, nothing else.
     let data = dir.path().join("data");
-    assert_eq!(files(&data.join("packuments")), ["react.json"]);
+    assert_only_stored(&data, &["react"]);
     assert_eq!(stored_files(&data)["react"], document_for("react"));
 
     // The document was never held whole: the coordinator stayed far below the cap.
@@ -135,7 +148,7 @@ async fn max_document_bytes_takes_a_human_size_and_refuses_nonsense() -> anyhow:
     assert_eq!(status, "failed");
     assert!(error.contains("more than 32768 bytes decoded"), "{error}");
     assert_eq!(origin.requests_for("padded-40000"), 1, "not retried");
-    assert_eq!(files(&dir.path().join("data/packuments")), ["react.json"]);
+    assert_only_stored(&dir.path().join("data"), &["react"]);
 
     let fresh = tempfile::tempdir()?;
     let (code, _, err) = alldocs_tests::procs::run(
@@ -166,6 +179,16 @@ async fn max_document_bytes_takes_a_human_size_and_refuses_nonsense() -> anyhow:
 async fn a_lease_cancelled_mid_upload_leaves_no_pending_multipart_upload() -> anyhow::Result<()> {
     let s3 = tokio::task::block_in_place(S3Server::start)?;
     s3.create_bucket("snap").await?;
+    for (layout, objects) in [("packs", "npm/packs/"), ("files", "npm/packuments/")] {
+        cancelled_mid_upload(&s3, layout, objects)
+            .await
+            .map_err(|e| e.context(format!("--layout {layout}")))?;
+    }
+    Ok(())
+}
+
+/// One such lease in `layout`, whose objects are under `objects`.
+async fn cancelled_mid_upload(s3: &S3Server, layout: &str, objects: &str) -> anyhow::Result<()> {
     let origin = HostileRegistry::start(&[STALL]).await?;
     let dir = tempfile::tempdir()?;
     let env = s3.env();
@@ -185,12 +208,13 @@ async fn a_lease_cancelled_mid_upload_leaves_no_pending_multipart_upload() -> an
                 "20s",
                 "--max-attempts",
                 "1",
+                "--layout",
+                layout,
             ],
         ),
         &env,
     )?;
-    let count =
-        || tokio::task::block_in_place(|| s3.uploads_and_objects("snap", "npm/packuments/"));
+    let count = || tokio::task::block_in_place(|| s3.uploads_and_objects("snap", objects));
     // The upload is under way before the deadline passes (boto3 sees it)…
     let started = std::time::Instant::now();
     while count()?.0 == 0 {

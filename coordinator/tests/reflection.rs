@@ -17,7 +17,7 @@ use serde_json::Value;
 const VERSIONS: [&str; 2] = ["v1", "v1alpha"];
 
 /// Every field of `alldocs.v1.Progress`, by its proto name.
-const PROGRESS_FIELDS: [&str; 25] = [
+const PROGRESS_FIELDS: [&str; 31] = [
     "state",
     "partitions_total",
     "partitions_done",
@@ -43,6 +43,12 @@ const PROGRESS_FIELDS: [&str; 25] = [
     "feed_seq",
     "feed_lag",
     "packuments_deleted",
+    "layout",
+    "packs",
+    "pack_bytes",
+    "pack_bytes_live",
+    "pack_bytes_dead",
+    "packuments_without_digest",
 ];
 
 /// Runs blocking work (the client is a subprocess) off the runtime's worker threads.

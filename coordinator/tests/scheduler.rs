@@ -198,6 +198,7 @@ fn stored(name: &str, rev: &str, token: u64) -> Event {
         bytes: 100,
         doc_rev: rev.to_string(),
         etag: String::new(),
+        ..Default::default()
     })
 }
 
@@ -371,6 +372,10 @@ fn settings(max_in_flight: usize) -> Settings {
         max_retries: 0,
         retry_base_ms: 10,
         max_document_bytes: 0,
+        layout: alldocs_coordinator::checkpoint::Layout::Files,
+        snapshot_id: String::new(),
+        pack_bytes: 0,
+        pack_interval: std::time::Duration::ZERO,
     }
 }
 
@@ -408,6 +413,7 @@ async fn run_with(
         store: "memory://scheduler-test".into(),
         pivots: pivots.clone(),
         accept: "full".into(),
+        layout: None,
     };
     let (checkpoint, _) = Checkpoint::open(
         &dir.path().join("c.sqlite"),

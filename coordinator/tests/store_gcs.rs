@@ -12,9 +12,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alldocs_fetcher::{source::packument::SPILL_BYTES, store::packument_path};
+use alldocs_fetcher::{
+    source::packument::SPILL_BYTES,
+    store::{object::REMOTE_BUFFER, packument_path},
+};
 use alldocs_tests::{
-    coord::{job_args, wait_done},
+    coord::{job_args, unpack_bytes, wait_done},
     gcs::{GcsObject, GcsServer, GcsStats},
     hostile_registry::{HostileRegistry, STALL},
     procs::{free_port, run, Listening},
@@ -54,6 +57,30 @@ fn config_with_a_large_document() -> SimConfig {
         .expect("some seed gives a document over 8 MiB")
 }
 
+/// A registry with a document that, compressed as in a pack, is still over the size at
+/// which an upload goes multipart: its pack goes up in parts.
+fn config_with_a_large_pack() -> SimConfig {
+    (1..100)
+        .map(|seed| SimConfig {
+            packages: 24,
+            mean_bytes: 1_500_000,
+            seed,
+            gzip: false,
+            ..Default::default()
+        })
+        .find(|cfg| {
+            let registry = Registry::new(cfg);
+            let large = registry.names().any(|n| {
+                registry.document_len(n, false).unwrap_or(0) > 2 * REMOTE_BUFFER
+                    && registry.document(n, false).is_some_and(|doc| {
+                        zstd::bulk::compress(&doc, 1).is_ok_and(|c| c.len() > REMOTE_BUFFER)
+                    })
+            });
+            large
+        })
+        .expect("some seed gives a document over 8 MiB compressed")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_into_gcs_reads_back_byte_for_byte_and_a_rerun_rewrites_only_what_changed(
 ) -> Result<()> {
@@ -69,7 +96,7 @@ async fn a_snapshot_into_gcs_reads_back_byte_for_byte_and_a_rerun_rewrites_only_
         "run",
         dir.path(),
         &sim.url(),
-        &["--store", STORE, "--pivots", "@,a,m"],
+        &["--store", STORE, "--pivots", "@,a,m", "--layout", "files"],
     );
     let db = dir.path().join("alldocs.sqlite");
     a_missing_bucket_is_refused(&gcs, &job, &env, &db).await?;
@@ -250,10 +277,122 @@ fn without_google_credentials_a_gs_store_is_refused_saying_where_they_come_from(
     Ok(())
 }
 
+/// With packs, the bucket holds packs and the index only: every pack, downloaded through
+/// the emulator's JSON API and decoded frame by frame, holds the registry's documents
+/// byte for byte (the large one in a pack of its own, uploaded in parts), and `show` and
+/// `export` read them back through ranged reads and whole-pack reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packed_snapshot_into_gcs_reads_back_byte_for_byte() -> Result<()> {
+    let gcs = tokio::task::block_in_place(GcsServer::start)?;
+    gcs.create_bucket(BUCKET).await?;
+    let env = gcs.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let sim = SimServer::start("127.0.0.1:0".parse()?, config_with_a_large_pack()).await?;
+    let dir = tempfile::tempdir()?;
+    let job = job_args(
+        "run",
+        dir.path(),
+        &sim.url(),
+        &[
+            "--store",
+            STORE,
+            "--pivots",
+            "@,a,m",
+            "--pack-bytes",
+            "2MiB",
+        ],
+    );
+    let (code, out, err) = run(&coordinator(), &job, &env)?;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    let objects = gcs.objects(BUCKET, PREFIX).await?;
+    let mut unpacked = BTreeMap::new();
+    let mut large_packs = 0;
+    for (key, object) in &objects {
+        let rest = key.strip_prefix(PREFIX).unwrap_or(key);
+        assert!(
+            rest.starts_with("index/") || (rest.starts_with("packs/") && rest.ends_with(".pack")),
+            "only packs and the index: {key}"
+        );
+        if rest.starts_with("packs/") {
+            let body = gcs.download(BUCKET, key).await?;
+            let entries = unpack_bytes(&body, key);
+            if body.len() > REMOTE_BUFFER {
+                large_packs += 1;
+                assert_eq!(
+                    entries.len(),
+                    1,
+                    "{key}: a document over --pack-bytes is alone in its pack"
+                );
+            }
+            assert_eq!(object.size, body.len() as u64, "{key}");
+            unpacked.extend(entries);
+        }
+    }
+    let registry = sim.registry();
+    assert_eq!(
+        unpacked.len(),
+        registry.len(),
+        "every document in a pack, once"
+    );
+    for name in registry.names() {
+        assert!(
+            unpacked.get(name) == registry.document(name, false).as_ref(),
+            "{name} byte for byte"
+        );
+    }
+    let stats = gcs.stats().await?;
+    assert!(large_packs >= 1, "a pack over 8 MiB");
+    assert_eq!(
+        stats.multipart_completed, large_packs,
+        "each pack over 8 MiB went up in parts, the others in one PUT: {stats:?}"
+    );
+    assert_eq!(stats.multipart_pending, 0, "no upload left pending");
+
+    let db = dir.path().join("alldocs.sqlite").display().to_string();
+    let large = registry
+        .names()
+        .find(|n| registry.document_len(n, false).unwrap_or(0) > SPILL_BYTES)
+        .expect("a large document");
+    let (code, shown, err) = run(
+        &coordinator(),
+        &alldocs_tests::procs::args(&["show", large, "--db", &db]),
+        &env,
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        Some(shown.into_bytes()) == registry.document(large, false),
+        "show {large}"
+    );
+    for order in ["key", "packs"] {
+        let (code, out, err) = run(
+            &coordinator(),
+            &alldocs_tests::procs::args(&["export", "--db", &db, "--order", order]),
+            &env,
+        )?;
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            out.lines().count(),
+            registry.len(),
+            "export --order {order}"
+        );
+    }
+    Ok(())
+}
+
 /// A lease whose deadline passes while a multipart upload to GCS is in progress (the body
-/// stalls after 24 MiB) aborts the upload: no pending upload and no object remain.
+/// stalls after 24 MiB) aborts the upload: no pending upload and no object remain, in
+/// either layout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_cancelled_mid_upload_leaves_no_pending_gcs_upload() -> Result<()> {
+    for (layout, objects) in [("packs", "npm/packs/"), ("files", "npm/packuments/")] {
+        cancelled_mid_upload(layout, objects)
+            .await
+            .with_context(|| format!("--layout {layout}"))?;
+    }
+    Ok(())
+}
+
+async fn cancelled_mid_upload(layout: &str, objects: &str) -> Result<()> {
     let gcs = tokio::task::block_in_place(GcsServer::start)?;
     gcs.create_bucket("snap").await?;
     let origin = HostileRegistry::start(&[STALL]).await?;
@@ -275,6 +414,8 @@ async fn a_lease_cancelled_mid_upload_leaves_no_pending_gcs_upload() -> Result<(
                 "20s",
                 "--max-attempts",
                 "1",
+                "--layout",
+                layout,
             ],
         ),
         &env,
@@ -292,7 +433,7 @@ async fn a_lease_cancelled_mid_upload_leaves_no_pending_gcs_upload() -> Result<(
     assert_eq!(stats.multipart_aborted, 1, "{stats:?}");
     assert_eq!(stats.multipart_completed, 0, "{stats:?}");
     assert!(
-        gcs.objects("snap", "npm/packuments/").await?.is_empty(),
+        gcs.objects("snap", objects).await?.is_empty(),
         "no object of the stalled document"
     );
     Ok(())

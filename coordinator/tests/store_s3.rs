@@ -1,9 +1,11 @@
-//! `--store s3://BUCKET/PREFIX` end to end: the real `coordinator` writes a snapshot into an
-//! S3-compatible server on loopback (`moto_server`, from PyPI), large documents as
-//! multipart uploads, and every object reads back byte for byte.
+//! `--store s3://BUCKET/PREFIX` end to end, in both layouts: the real `coordinator` writes
+//! a snapshot into an S3-compatible server on loopback (`moto_server`, from PyPI), large
+//! documents (and large packs) as multipart uploads, and every object reads back byte for
+//! byte through boto3.
 
 use alldocs_fetcher::source::packument::SPILL_BYTES;
 use alldocs_tests::{
+    coord::stored_files,
     procs::{args, run},
     s3::S3Server,
     sim::{Registry, SimConfig, SimServer},
@@ -56,8 +58,19 @@ async fn a_snapshot_into_s3_reads_back_byte_for_byte() -> Result<()> {
     );
 
     let sim = SimServer::start("127.0.0.1:0".parse()?, config_with_a_large_document()).await?;
+    for layout in ["packs", "files"] {
+        snapshot_into_s3(&s3, &sim, layout)
+            .await
+            .with_context(|| format!("--layout {layout}"))?;
+    }
+    Ok(())
+}
+
+/// One snapshot in `layout` under its own prefix, read back with boto3.
+async fn snapshot_into_s3(s3: &S3Server, sim: &SimServer, layout: &str) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let store = "s3://snapshots/npm/2026-11";
+    let prefix = format!("npm/2026-11-{layout}");
+    let store = format!("s3://snapshots/{prefix}");
     let job = args(&[
         "run",
         "--listen",
@@ -65,7 +78,7 @@ async fn a_snapshot_into_s3_reads_back_byte_for_byte() -> Result<()> {
         "--db",
         dir.path().join("alldocs.sqlite").to_str().unwrap(),
         "--store",
-        store,
+        &store,
         "--replicate-origin",
         &sim.url(),
         "--registry",
@@ -76,6 +89,8 @@ async fn a_snapshot_into_s3_reads_back_byte_for_byte() -> Result<()> {
         "0",
         "--progress",
         "none",
+        "--layout",
+        layout,
     ]);
     let env = [
         ("AWS_ENDPOINT", s3.url.as_str()),
@@ -101,7 +116,7 @@ async fn a_snapshot_into_s3_reads_back_byte_for_byte() -> Result<()> {
             DOWNLOAD,
             &s3.url,
             "snapshots",
-            "npm/2026-11/",
+            &format!("{prefix}/"),
             copy.path().to_str().unwrap(),
         ]),
         &[],
@@ -111,14 +126,17 @@ async fn a_snapshot_into_s3_reads_back_byte_for_byte() -> Result<()> {
 
     let conn = rusqlite::Connection::open(dir.path().join("alldocs.sqlite"))?;
     let uri: String = conn.query_row(
-        "SELECT uri FROM packages WHERE status = 'stored' LIMIT 1",
+        "SELECT COALESCE(k.uri, p.uri) FROM packages p LEFT JOIN packs k ON k.id = p.pack
+         WHERE p.status = 'stored' LIMIT 1",
         [],
         |r| r.get(0),
     )?;
-    assert!(
-        uri.starts_with("s3://snapshots/npm/2026-11/packuments/"),
-        "{uri}"
-    );
+    let objects = if layout == "packs" {
+        "packs"
+    } else {
+        "packuments"
+    };
+    assert!(uri.starts_with(&format!("{store}/{objects}/")), "{uri}");
     Ok(())
 }
 
@@ -146,9 +164,12 @@ fn a_missing_bucket_is_refused(
 /// 8 MiB among them), and the index objects hold every row.
 fn assert_copy_is_the_registry(copy: &std::path::Path, registry: &Registry) -> Result<()> {
     let mut large = 0;
+    let stored = stored_files(copy);
     for name in registry.names() {
-        let path = copy.join(format!("packuments/{name}.json"));
-        let body = std::fs::read(&path).with_context(|| format!("{} in S3", path.display()))?;
+        let body = stored
+            .get(name)
+            .cloned()
+            .with_context(|| format!("{name} in S3"))?;
         if body.len() > SPILL_BYTES {
             large += 1;
         }

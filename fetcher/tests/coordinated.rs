@@ -267,6 +267,10 @@ async fn the_largest_lease_a_coordinator_sends_reaches_a_fetcher() -> anyhow::Re
         retry_base_ms: 10,
         rate_recovery: std::time::Duration::from_secs(10),
         max_document_bytes: 0,
+        layout: alldocs_coordinator::checkpoint::Layout::Files,
+        snapshot_id: String::new(),
+        pack_bytes: 0,
+        pack_interval: std::time::Duration::ZERO,
     };
     // Already past its deadline: the fetcher takes it and ends it at once.
     let lease = settings.lease(1, &Work::Packuments(items), 1, Pace::default());

@@ -3,7 +3,7 @@
 It is gcp-storage-emulator (PyPI, pinned in requirements.txt) with its objects in memory,
 plus the part of GCS's XML API that the `object_store` crate speaks and that emulator
 lacks: listing a bucket (ListObjectsV2, `GET /BUCKET?list-type=2`), a PUT that answers with
-an ETag, and XML multipart uploads (`POST ?uploads`, `PUT ?partNumber&uploadId`,
+an ETag, a GET that answers with ETag and Last-Modified, and XML multipart uploads (`POST ?uploads`, `PUT ?partNumber&uploadId`,
 `POST ?uploadId`, `DELETE ?uploadId`). Objects land in the emulator's own storage, so its
 JSON API (`/storage/v1/b/BUCKET/o`, `/download/storage/v1/...`) reads back exactly what
 was written, independently of this XML layer.
@@ -22,6 +22,8 @@ import sys
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
+from email.utils import format_datetime
 import xml.etree.ElementTree as ET
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
@@ -191,6 +193,21 @@ def delete_object(request, response, storage, *args, **kwargs):
         response.status = HTTPStatus.NOT_FOUND
 
 
+def get_object(request, response, storage, *args, **kwargs):
+    """The emulator's download, with the ETag and Last-Modified headers GCS's XML API
+    sends (and `object_store` requires of every GET)."""
+    bucket, key = request.params["bucket_name"], request.params["object_id"]
+    try:
+        obj = storage.get_file_obj(bucket, key)
+        response["ETag"] = '"' + hashlib.md5(storage.get_file(bucket, key)).hexdigest() + '"'
+    except Exception:
+        obj = None
+    if obj is not None and obj.get("updated"):
+        updated = datetime.fromisoformat(obj["updated"].replace("Z", "+00:00"))
+        response["Last-Modified"] = format_datetime(updated.astimezone(timezone.utc), usegmt=True)
+    return objects.download(request, response, storage, *args, **kwargs)
+
+
 def stats(request, response, storage, *args, **kwargs):
     response.json(dict(STATS, multipart_pending=len(UPLOADS)))
 
@@ -206,7 +223,7 @@ def install_xml_api():
         (
             r"^/(?P<bucket_name>[-.%\w]+)/(?P<object_id>.*[^/]+)$",
             {
-                "GET": objects.download,
+                "GET": get_object,
                 "PUT": put_object,
                 "POST": post_object,
                 "DELETE": delete_object,

@@ -79,7 +79,11 @@ pub async fn wait_until(url: &str, pred: impl Fn(&Progress) -> bool) -> anyhow::
     anyhow::bail!("the run ended before the condition held")
 }
 
-/// Every `packuments/**.json` under `data`, by package name (keys decoded).
+/// Every packument a local store holds, by package name, whatever its layout: each
+/// `packuments/**.json` (keys decoded), and each packument in the packs under
+/// `packs/**.pack` (decoded frame by frame with zstd, its length and SHA-256 checked
+/// against the pack's own trailer), packs read in name order, so that a later copy of a
+/// package (a rerun's) replaces an earlier one.
 pub fn stored_files(data: &Path) -> BTreeMap<String, Vec<u8>> {
     fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Vec<u8>>) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -95,8 +99,56 @@ pub fn stored_files(data: &Path) -> BTreeMap<String, Vec<u8>> {
         }
     }
     let mut out = BTreeMap::new();
+    for pack in pack_files(data) {
+        for (name, raw) in unpack_file(&pack) {
+            out.insert(name, raw);
+        }
+    }
     walk(&data.join("packuments"), "", &mut out);
     out
+}
+
+/// Every `packs/**.pack` of a local store, in name order.
+pub fn pack_files(data: &Path) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "pack") {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&data.join("packs"), &mut out);
+    out.sort();
+    out
+}
+
+/// The packuments of one pack file, in its trailer's order; panics on a damaged pack.
+pub fn unpack_file(pack: &Path) -> Vec<(String, Vec<u8>)> {
+    unpack_bytes(&std::fs::read(pack).unwrap(), &pack.display().to_string())
+}
+
+/// The packuments of one pack (its bytes, named `uri` in panics), in its trailer's order.
+pub fn unpack_bytes(bytes: &[u8], uri: &str) -> Vec<(String, Vec<u8>)> {
+    use alldocs_fetcher::store::pack;
+    let uri = uri.to_string();
+    let footer = bytes.len() - pack::FOOTER_BYTES as usize;
+    let len = pack::footer_len(&bytes[footer..], &uri).unwrap() as usize;
+    let trailer = pack::parse_trailer(&bytes[footer - len..footer], &uri).unwrap();
+    trailer
+        .entries
+        .into_iter()
+        .map(|e| {
+            let frame = &bytes[e.offset as usize..(e.offset + e.length) as usize];
+            let raw = zstd::stream::decode_all(frame).unwrap();
+            assert_eq!(raw.len() as u64, e.raw_length, "{} in {uri}", e.name);
+            assert_eq!(pack::sha256_hex(&raw), e.sha256, "{} in {uri}", e.name);
+            (e.name, raw)
+        })
+        .collect()
 }
 
 /// The statuses the checkpoint holds, read straight from the SQLite file.

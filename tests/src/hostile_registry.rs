@@ -188,10 +188,20 @@ fn all_docs(listing: &[String], query: &str) -> Vec<u8> {
         .expect("a JSON value serializes")
 }
 
-/// [`STALL_BYTES`] of `{"pad":"000…`, then a body that never ends.
+/// [`STALL_BYTES`] of `{"pad":"…` (pseudo-random letters and digits, so that even
+/// compressed into a pack it is past the first multipart part), then a body that never
+/// ends.
 fn stalled() -> Response<Body> {
+    const LETTERS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut head = b"{\"pad\":\"".to_vec();
-    head.resize(STALL_BYTES, b'0');
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    while head.len() < STALL_BYTES {
+        // xorshift64: deterministic, and as good as random to a compressor.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        head.push(LETTERS[(x & 63) as usize]);
+    }
     let chunks = futures::stream::iter(
         head.chunks(1 << 20)
             .map(|c| Ok::<_, Infallible>(Frame::data(Bytes::copy_from_slice(c))))

@@ -56,12 +56,32 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// object_store's local temp files are `<object>#<n>`.
+/// Staged files (on a file system without `O_TMPFILE`) are `<object>#<n>`.
 fn temp_files(dir: &Path) -> Vec<PathBuf> {
     files(dir)
         .into_iter()
         .filter(|p| p.to_string_lossy().contains('#'))
         .collect()
+}
+
+/// Files this process holds open under `dir` that have no name: the fetcher's unfinished
+/// objects, written as `O_TMPFILE` files (`/proc/self/fd` shows them as `…/#N (deleted)`).
+fn unnamed_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|p| p.starts_with(dir) && p.to_string_lossy().ends_with(" (deleted)"))
+        .collect()
+}
+
+/// An unfinished object under `dir`: an unnamed file, or (on a file system without
+/// `O_TMPFILE`) a staged one.
+fn unfinished(dir: &Path) -> Vec<PathBuf> {
+    let mut all = unnamed_files(dir);
+    all.extend(temp_files(dir));
+    all
 }
 
 /// Waits (checking every 20 ms) until `cond` holds; the file system offers no event.
@@ -244,7 +264,10 @@ async fn stalled_upload(
 ) -> anyhow::Result<tonic::Streaming<alldocs_proto::v1::FetchEvent>> {
     let lease = packument_lease(&origin.url(), dir.to_str().unwrap(), &items(&[STALL]));
     let stream = fetcher.client().await?.fetch(lease).await?.into_inner();
-    until("the upload's temp file", || !temp_files(dir).is_empty()).await;
+    until("the upload's unfinished file", || {
+        !unfinished(dir).is_empty()
+    })
+    .await;
     Ok(stream)
 }
 
@@ -259,7 +282,10 @@ async fn a_lease_cancelled_mid_upload_leaves_no_object_and_no_upload() -> anyhow
     let mut active = fetcher.service.active_leases();
     drop(stream);
     tokio::time::timeout(PATIENCE, active.wait_for(|n| *n == 0)).await??;
-    until("the temp file to go", || temp_files(dir.path()).is_empty()).await;
+    until("the unfinished file to go", || {
+        unfinished(dir.path()).is_empty()
+    })
+    .await;
     assert_eq!(files(dir.path()), Vec::<PathBuf>::new(), "no object");
 
     // The fetcher is told to stop (SIGTERM): the lease ends with its item unfinished.
@@ -272,7 +298,10 @@ async fn a_lease_cancelled_mid_upload_leaves_no_object_and_no_upload() -> anyhow
         events.extend(ev.event);
     }
     assert_eq!(summary(&events).unfinished, 1);
-    until("the temp file to go", || temp_files(dir.path()).is_empty()).await;
+    until("the unfinished file to go", || {
+        unfinished(dir.path()).is_empty()
+    })
+    .await;
     assert_eq!(files(dir.path()), Vec::<PathBuf>::new(), "no object");
     assert_eq!(origin.requests_for(STALL), 2);
     Ok(())

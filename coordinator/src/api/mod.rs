@@ -108,6 +108,12 @@ pub fn progress_of(counts: &Counts, state: RunState, stats: &Stats) -> Progress 
         packuments_rev_mismatch: counts.packuments_rev_mismatch,
         rate_limit_current: stats.rate_limit_current(),
         packuments_deleted: counts.packuments_deleted,
+        layout: counts.layout.as_str().to_string(),
+        packs: counts.packs,
+        pack_bytes: counts.pack_bytes,
+        pack_bytes_live: counts.pack_bytes_live,
+        pack_bytes_dead: counts.pack_bytes.saturating_sub(counts.pack_bytes_live),
+        packuments_without_digest: counts.packuments_without_digest,
         ..feed_progress(&stats.feed())
     }
 }

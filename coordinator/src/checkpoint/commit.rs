@@ -99,6 +99,8 @@ impl Checkpoint {
             max_attempts: max_attempts.max(1),
             cached: None,
             commits: 0,
+            packs: Vec::new(),
+            in_flight: Default::default(),
         };
         let opened = db.start(&shown, identity, plan, mode, follow)?;
         let (tx, rx) = mpsc::channel::<Job>();
@@ -216,6 +218,7 @@ impl Db {
             let _ = self.conn.execute_batch("ROLLBACK");
             // What the batch changed is gone; so is anything counted from it.
             self.cached = None;
+            self.packs.clear();
             format!("commit failed: {e}")
         });
         self.commits += u64::from(outcome.is_ok());
@@ -233,7 +236,10 @@ impl Db {
             Ok(_) => {
                 self.conn.prepare_cached("RELEASE job")?.execute([])?;
             }
-            Err(_) => self.conn.execute_batch("ROLLBACK TO job; RELEASE job")?,
+            Err(_) => {
+                self.packs.clear();
+                self.conn.execute_batch("ROLLBACK TO job; RELEASE job")?
+            }
         }
         result
     }

@@ -150,19 +150,25 @@ impl Db {
         Ok(applied)
     }
 
-    fn mark_deleted(&self, change: &Change, objects_removed: bool) -> rusqlite::Result<usize> {
+    fn mark_deleted(&mut self, change: &Change, objects_removed: bool) -> rusqlite::Result<usize> {
+        // A lease that holds it now reports nothing that counts.
+        self.in_flight.forget(&change.name);
         self.conn
             .prepare_cached(
                 "UPDATE packages SET status = 'deleted', indexed_rev = ?2, lease_token = NULL,
                      last_error = NULL, attempts = 0, seen_run = ?3,
-                     uri = CASE WHEN ?4 THEN NULL ELSE uri END
+                     uri = CASE WHEN ?4 THEN NULL ELSE uri END,
+                     pack = CASE WHEN ?4 THEN NULL ELSE pack END,
+                     pack_offset = CASE WHEN ?4 THEN NULL ELSE pack_offset END,
+                     pack_length = CASE WHEN ?4 THEN NULL ELSE pack_length END
                  WHERE name = ?1 AND status != 'deleted'",
             )?
             .execute(params![change.name, change.rev, self.run, objects_removed])
     }
 
     /// Returns whether the package is now pending.
-    fn mark_changed(&self, change: &Change, plan: &[Partition]) -> rusqlite::Result<bool> {
+    fn mark_changed(&mut self, change: &Change, plan: &[Partition]) -> rusqlite::Result<bool> {
+        self.in_flight.forget(&change.name);
         self.conn
             .prepare_cached(
                 "INSERT INTO packages (name, partition, indexed_rev, status, seen_run)

@@ -1,9 +1,83 @@
 //! Leases: a partition or a batch of packuments taken under a fencing token, and whatever
 //! a lease did not finish given back (its attempt counted or not), failed past the limit.
+//!
+//! A partition in a lease is marked `leased` in its row. A packument in a lease is not:
+//! which lease holds it is kept in memory ([`InFlight`]), so that a packument costs the
+//! checkpoint one row write, when it is stored (or found missing), instead of three state
+//! changes. Its row stays `pending` meanwhile, so after a crash it is simply pending again;
+//! and since a lease lives only as long as the coordinator that handed it out, nothing
+//! else needs it: a superseded lease's late events find the name held by another token, or
+//! by none, and change nothing.
+
+use std::collections::HashMap;
 
 use rusqlite::{params, OptionalExtension};
 
 use crate::{checkpoint::Db, plan::Partition};
+
+/// The packuments in a lease now: which token holds each.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    by_name: HashMap<String, i64>,
+    by_token: HashMap<i64, Vec<String>>,
+}
+
+impl InFlight {
+    /// Whether `token` holds `name`; if so it no longer does (its event is being applied).
+    fn take(&mut self, name: &str, token: i64) -> bool {
+        if self.by_name.get(name) != Some(&token) {
+            return false;
+        }
+        self.by_name.remove(name);
+        true
+    }
+
+    fn add(&mut self, token: i64, names: &[(String, String)]) {
+        for (name, _) in names {
+            self.by_name.insert(name.clone(), token);
+        }
+        self.by_token
+            .entry(token)
+            .or_default()
+            .extend(names.iter().map(|(n, _)| n.clone()));
+    }
+
+    /// The lease `token` ends: what it still holds.
+    fn end(&mut self, token: i64) -> Vec<String> {
+        let names = self.by_token.remove(&token).unwrap_or_default();
+        let held: Vec<String> = names
+            .into_iter()
+            .filter(|n| self.by_name.get(n) == Some(&token))
+            .collect();
+        for name in &held {
+            self.by_name.remove(name);
+        }
+        held
+    }
+
+    /// No lease holds `name` any more (the feed changed it).
+    pub(super) fn forget(&mut self, name: &str) {
+        self.by_name.remove(name);
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.by_name.clear();
+        self.by_token.clear();
+    }
+
+    /// Packuments in a lease now.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    fn holds(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+}
 
 /// What the coordinator tells a fetcher to do.
 #[derive(Clone, Debug)]
@@ -38,31 +112,28 @@ impl Db {
         Ok(part)
     }
 
-    /// Leases up to `max` pending packuments of partitions whose index is finished, in one
-    /// statement.
+    /// Leases up to `max` pending packuments of partitions whose index is finished, none
+    /// already in a lease, first in (partition, name) order (so work given back is tried
+    /// again first). Writes nothing: the lease's membership is kept in memory.
     pub fn lease_packuments(
         &mut self,
         token: i64,
         max: usize,
     ) -> rusqlite::Result<Vec<(String, String)>> {
-        let mut stmt = self.conn.prepare_cached(LEASE_PACKUMENTS)?;
-        let rows = stmt.query_map(params![token, max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect()
-    }
-
-    /// Hands `items` to the lease `token`.
-    pub(super) fn mark_leased(
-        &self,
-        token: i64,
-        items: &[(String, String)],
-    ) -> rusqlite::Result<()> {
-        let mut update = self.conn.prepare_cached(
-            "UPDATE packages SET status = 'leased', lease_token = ?1 WHERE name = ?2",
-        )?;
-        for (name, _) in items {
-            update.execute(params![token, name])?;
-        }
-        Ok(())
+        // Those in flight are pending too: look past them (a few thousand at most).
+        let limit = max + self.in_flight.len();
+        let rows: Vec<(String, String)> = self
+            .conn
+            .prepare_cached(LEASE_PACKUMENTS)?
+            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let items: Vec<(String, String)> = rows
+            .into_iter()
+            .filter(|(n, _)| !self.in_flight.holds(n))
+            .take(max)
+            .collect();
+        self.in_flight.add(token, &items);
+        Ok(items)
     }
 
     /// Records a lease being handed out.
@@ -95,9 +166,17 @@ impl Db {
     ) -> rusqlite::Result<u64> {
         let limit = self.max_attempts as i64;
         let add = i64::from(count_attempt);
+        // Packages marked `leased` by a coordinator before schema 6 go back the same way.
         let mut returned = 0;
         for table in ["partitions", "packages"] {
             returned += self.give_back(table, token, None, outcome, add, limit)?;
+        }
+        let unfinished = self.in_flight.end(token);
+        returned += unfinished.len();
+        if count_attempt {
+            for name in &unfinished {
+                self.count_attempt(name, outcome, limit)?;
+            }
         }
         self.conn
             .prepare_cached("UPDATE leases SET ended_ms = ?1, outcome = ?2 WHERE token = ?3")?
@@ -106,7 +185,8 @@ impl Db {
     }
 
     /// Everything leased goes back to pending, as it was (no attempt counted).
-    pub(super) fn unlease_all(&self) -> rusqlite::Result<()> {
+    pub(super) fn unlease_all(&mut self) -> rusqlite::Result<()> {
+        self.in_flight.clear();
         self.conn.execute_batch(
             "UPDATE partitions SET status = 'pending', lease_token = NULL WHERE status = 'leased'",
         )?;
@@ -140,6 +220,35 @@ impl Db {
         self.conn
             .prepare_cached(&give_back_sql(table, name.is_some()))?
             .execute(params![add, reason, limit, token, name])
+    }
+
+    /// Counts an attempt of a packument no lease holds any more: failed with `reason` once
+    /// attempts reach `limit`, else pending again.
+    pub(super) fn count_attempt(
+        &self,
+        name: &str,
+        reason: &str,
+        limit: i64,
+    ) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE packages SET attempts = attempts + 1, last_error = ?2,
+                     status = CASE WHEN attempts + 1 >= ?3 THEN 'failed' ELSE 'pending' END
+                 WHERE name = ?1 AND status = 'pending'",
+            )?
+            .execute(params![name, reason, limit])?;
+        Ok(())
+    }
+
+    /// Whether lease `token` holds packument `name`; if so, it is released to the caller,
+    /// which applies its event.
+    pub(super) fn take_packument(&mut self, name: &str, token: i64) -> bool {
+        self.in_flight.take(name, token)
+    }
+
+    /// Packuments in a lease now.
+    pub fn packuments_in_flight(&self) -> u64 {
+        self.in_flight.len() as u64
     }
 
     pub(super) fn holds_partition(&self, token: i64, partition: &str) -> rusqlite::Result<bool> {
@@ -176,15 +285,21 @@ impl Db {
         token: i64,
         max: usize,
     ) -> rusqlite::Result<Vec<(String, String)>> {
-        let items: Vec<(String, String)> = self
+        let in_flight = self.in_flight.len();
+        let rows: Vec<(String, String)> = self
             .conn
             .prepare_cached(
                 "SELECT p.name, p.indexed_rev FROM wanted w JOIN packages p ON p.name = w.name
                  WHERE p.status = 'pending' ORDER BY p.name LIMIT ?1",
             )?
-            .query_map([max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map([(max + in_flight) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        self.mark_leased(token, &items)?;
+        let items: Vec<(String, String)> = rows
+            .into_iter()
+            .filter(|(n, _)| !self.in_flight.holds(n))
+            .take(max)
+            .collect();
+        self.in_flight.add(token, &items);
         Ok(items)
     }
 
@@ -207,15 +322,15 @@ impl Db {
     }
 }
 
-pub(super) const LEASE_PACKUMENTS: &str = "UPDATE packages SET status = 'leased', lease_token = ?1
-     WHERE name IN (
-         SELECT name FROM packages INDEXED BY packages_pending
-         WHERE status = 'pending'
-           AND partition IN (SELECT name FROM partitions WHERE status IN ('done', 'failed'))
-         LIMIT ?2)
-     RETURNING name, indexed_rev";
+/// Pending packuments of indexed partitions in (partition, name) order, at most ?1: the
+/// partial index of pending packages walked in its own order, stopping after LIMIT rows.
+pub(super) const LEASE_PACKUMENTS: &str =
+    "SELECT name, indexed_rev FROM packages INDEXED BY packages_pending
+     WHERE status = 'pending'
+       AND partition IN (SELECT name FROM partitions WHERE status IN ('done', 'failed'))
+     LIMIT ?1";
 
-/// Every leased package back to pending.
+/// Every package marked leased (by a coordinator before schema 6) back to pending.
 pub(super) const UNLEASE_PACKAGES: &str =
     "UPDATE packages SET status = 'pending', lease_token = NULL WHERE status = 'leased'";
 

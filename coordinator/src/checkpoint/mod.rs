@@ -31,8 +31,10 @@ use rusqlite::Connection;
 
 pub use commit::Checkpoint;
 pub use leases::Work;
-pub use progress::{Counts, FailureCursor, FailurePage, STORED_NAMES};
-pub use runs::{Mode, Opened, RunIdentity};
+pub use progress::{
+    Counts, FailureCursor, FailurePage, STORED_FILES, STORED_LOCATIONS, STORED_NAMES,
+};
+pub use runs::{Layout, Mode, Opened, RunIdentity};
 
 /// Why the checkpoint could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,12 @@ pub enum CheckpointError {
     },
     #[error("the checkpoint {path} could not be updated: {reason}. Everything committed before is intact: fix the cause (a full disk, a read-only file) and run the same command again to carry on")]
     Write { path: String, reason: String },
+    #[error("the checkpoint {path} holds a snapshot in the `{recorded}` layout (chosen when the snapshot started, and kept); this run asks for --layout {given}.\nCarry on with --layout {recorded} (or without --layout), or start a new snapshot in the `{given}` layout with a new --db and a new --store.")]
+    LayoutMismatch {
+        path: String,
+        recorded: &'static str,
+        given: &'static str,
+    },
     #[error("checkpoint: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("the checkpoint thread has stopped")]
@@ -72,4 +80,9 @@ pub struct Db {
     pub(crate) cached: Option<(Instant, Duration, Counts)>,
     /// Transactions committed by the checkpoint thread (each one WAL sync).
     commits: u64,
+    /// The ids of the packs sealed last (their `stored` events follow at once), forgotten
+    /// whenever a change is rolled back.
+    packs: Vec<(String, i64)>,
+    /// Which lease holds each packument in flight (in memory only).
+    in_flight: leases::InFlight,
 }

@@ -29,6 +29,17 @@ pub struct Counts {
     pub fetched_this_run: u64,
     /// Packuments the feed said were deleted (not in `packuments_total`).
     pub packuments_deleted: u64,
+    /// How new packuments are stored.
+    pub layout: crate::checkpoint::Layout,
+    /// Packs sealed, and their bytes (trailers included).
+    pub packs: u64,
+    pub pack_bytes: u64,
+    /// Pack bytes that hold a package's current copy (the rest is dead: older copies,
+    /// packages no longer listed, trailers; `coordinator compact` reclaims it).
+    pub pack_bytes_live: u64,
+    /// Stored packuments with no SHA-256 recorded (stored before schema 6, until fetched
+    /// again).
+    pub packuments_without_digest: u64,
 }
 
 impl Counts {
@@ -126,15 +137,17 @@ impl Db {
         }
         {
             let mut stmt = self.conn.prepare_cached(COUNT_PACKAGES)?;
-            let v: [i64; 10] = stmt.query_row([self.run], |r| {
-                let mut v = [0; 10];
+            let v: [i64; 12] = stmt.query_row([self.run], |r| {
+                let mut v = [0; 12];
                 for (i, x) in v.iter_mut().enumerate() {
                     *x = r.get(i)?;
                 }
                 Ok(v)
             })?;
-            let [seen, fetched, deleted, stored, bytes, mismatch, missing, failed, leased, pending] =
+            let [seen, fetched, deleted, stored, bytes, mismatch, missing, failed, leased, pending, live, undigested] =
                 v.map(|n| n as u64);
+            c.pack_bytes_live = live;
+            c.packuments_without_digest = undigested;
             c.rows_indexed = seen;
             c.fetched_this_run = fetched;
             c.packuments_deleted = deleted;
@@ -143,10 +156,19 @@ impl Db {
             c.packuments_rev_mismatch = mismatch;
             c.packuments_missing = missing;
             c.packuments_failed = failed;
-            c.packuments_leased = leased;
-            c.packuments_pending = pending;
+            // A packument in a lease is `pending` in its row (leases live in memory), but
+            // for `leased` rows a coordinator before schema 6 left.
+            let in_flight = self.packuments_in_flight();
+            c.packuments_leased = leased + in_flight;
+            c.packuments_pending = pending.saturating_sub(in_flight);
             c.packuments_total = stored + missing + failed + leased + pending;
         }
+        let (packs, pack_bytes): (i64, i64) = self
+            .conn
+            .prepare_cached("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM packs")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        (c.packs, c.pack_bytes) = (packs as u64, pack_bytes as u64);
+        c.layout = self.layout()?.0;
         self.cached = Some((Instant::now(), started.elapsed(), c));
         Ok(c)
     }
@@ -252,6 +274,16 @@ impl Db {
 /// Every stored package's name, in order (walking the name index: nothing is sorted).
 pub const STORED_NAMES: &str = "SELECT name FROM packages WHERE status = 'stored' ORDER BY name";
 
+/// Every stored package with where its bytes are, in order (the same walk, each pack
+/// found by its key).
+pub const STORED_LOCATIONS: &str =
+    "SELECT p.name, p.bytes, p.sha256, p.pack, k.uri, p.pack_offset, p.pack_length
+     FROM packages p LEFT JOIN packs k ON k.id = p.pack WHERE p.status = 'stored' ORDER BY p.name";
+
+/// Every package stored as a file of its own, with its digest, in order (the same walk).
+pub const STORED_FILES: &str =
+    "SELECT name, sha256 FROM packages WHERE status = 'stored' AND pack IS NULL ORDER BY name";
+
 /// Every package figure of [`Counts`] (?1 the run), in one pass and as one row: a GROUP
 /// BY status would sort every package in memory, there being no index over every status.
 pub(super) const COUNT_PACKAGES: &str =
@@ -265,7 +297,9 @@ pub(super) const COUNT_PACKAGES: &str =
             COUNT(*) FILTER (WHERE status = 'failed'),
             COUNT(*) FILTER (WHERE status = 'leased'),
             COUNT(*) FILTER (WHERE status NOT IN
-                ('stored', 'missing', 'failed', 'leased', 'removed', 'deleted'))
+                ('stored', 'missing', 'failed', 'leased', 'removed', 'deleted')),
+            COALESCE(SUM(pack_length) FILTER (WHERE pack IS NOT NULL), 0),
+            COUNT(*) FILTER (WHERE status = 'stored' AND sha256 IS NULL)
      FROM packages";
 
 /// How many partitions and packages failed.

@@ -11,6 +11,38 @@ use crate::{
     plan::Partition,
 };
 
+/// How a snapshot's packuments are stored, chosen when it starts and kept (`meta` key
+/// `layout`): a checkpoint made before there was a choice is `files`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Many packuments per object: `packs/<snapshot>/…`.
+    #[default]
+    Packs,
+    /// One object per packument: `packuments/<key>.json`.
+    Files,
+}
+
+impl Layout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::Packs => "packs",
+            Layout::Files => "files",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        if text == "packs" {
+            Layout::Packs
+        } else {
+            Layout::Files
+        }
+    }
+}
+
+/// The `meta` key of the snapshot's layout, and of the id its packs are filed under.
+pub const LAYOUT_KEY: &str = "layout";
+pub const SNAPSHOT_KEY: &str = "snapshot_id";
+
 /// The settings a checkpoint belongs to: a run with other values would mix snapshots.
 #[derive(Clone, Debug)]
 pub struct RunIdentity {
@@ -19,6 +51,8 @@ pub struct RunIdentity {
     pub store: String,
     pub pivots: Vec<String>,
     pub accept: String,
+    /// The layout asked for (`--layout`); none: the snapshot's own, or packs for a new one.
+    pub layout: Option<Layout>,
 }
 
 impl RunIdentity {
@@ -92,6 +126,46 @@ impl Db {
                 });
             }
         }
+        let recorded = self.recorded_layout()?;
+        match identity.layout {
+            Some(given) if given != recorded => Err(CheckpointError::LayoutMismatch {
+                path: path.to_string(),
+                recorded: recorded.as_str(),
+                given: given.as_str(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The layout of an existing checkpoint (one from before layouts were recorded holds
+    /// files).
+    fn recorded_layout(&self) -> rusqlite::Result<Layout> {
+        Ok(self
+            .meta(LAYOUT_KEY)?
+            .map_or(Layout::Files, |l| Layout::parse(&l)))
+    }
+
+    /// The snapshot's layout and the id its packs are filed under.
+    pub fn layout(&self) -> rusqlite::Result<(Layout, String)> {
+        Ok((
+            self.recorded_layout()?,
+            self.meta(SNAPSHOT_KEY)?.unwrap_or_default(),
+        ))
+    }
+
+    /// Records a new snapshot's layout, and its id, once.
+    fn record_layout(&self, existed: bool, asked: Option<Layout>) -> rusqlite::Result<()> {
+        if self.meta(LAYOUT_KEY)?.is_none() {
+            let layout = if existed {
+                Layout::Files
+            } else {
+                asked.unwrap_or_default()
+            };
+            self.set_meta(LAYOUT_KEY, layout.as_str())?;
+        }
+        if self.meta(SNAPSHOT_KEY)?.is_none() {
+            self.set_meta(SNAPSHOT_KEY, &format!("{:016x}", rand::random::<u64>()))?;
+        }
         Ok(())
     }
 
@@ -106,7 +180,9 @@ impl Db {
         self.check_identity(path, identity)?;
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = (|| -> rusqlite::Result<Opened> {
+            let existed = crate::checkpoint::schema::has_tables(&self.conn)?;
             crate::checkpoint::schema::create_or_migrate(&self.conn)?;
+            self.record_layout(existed, identity.layout)?;
             for (key, given) in identity.entries() {
                 self.set_meta(key, &given)?;
             }
@@ -140,7 +216,11 @@ impl Db {
 
     /// A new run after a finished one (or the first), or carrying on with an unfinished one
     /// (or, with `follow`, with one the feed keeps current).
-    pub(super) fn begin_or_resume_run(&self, mode: Mode, follow: bool) -> rusqlite::Result<Opened> {
+    pub(super) fn begin_or_resume_run(
+        &mut self,
+        mode: Mode,
+        follow: bool,
+    ) -> rusqlite::Result<Opened> {
         let run: i64 = self.meta("run")?.and_then(|r| r.parse().ok()).unwrap_or(0);
         let complete = self.meta("run_complete")?.as_deref() == Some("1");
         let following = follow && self.meta(super::feed::SEQ_KEY)?.is_some();
@@ -158,7 +238,7 @@ impl Db {
 
     /// Starts run `run`: it re-indexes everything (but with `--names`); packuments are
     /// fetched again only if their revision changed, or they failed.
-    pub(crate) fn begin_run(&self, run: i64, mode: Mode) -> rusqlite::Result<i64> {
+    pub(crate) fn begin_run(&mut self, run: i64, mode: Mode) -> rusqlite::Result<i64> {
         let reset = if mode == Mode::Names {
             // A list of names: the snapshot's partitions and failures stay as they are.
             ""
@@ -171,6 +251,10 @@ impl Db {
                  WHERE status = 'leased';"
         };
         self.conn.execute_batch(reset)?;
+        if mode != Mode::Names {
+            // As for the rows above: what leases hold now comes back with the new run.
+            self.in_flight.clear();
+        }
         self.set_meta("run", &run.to_string())?;
         self.set_meta("run_complete", "0")?;
         Ok(run)

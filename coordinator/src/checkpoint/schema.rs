@@ -20,7 +20,12 @@ use crate::checkpoint::CheckpointError;
 ///   (`packages_pending`, `packages_leased`, `packages_failed`) instead of one index over
 ///   every package's status: a stored package leaves the indexes instead of moving within
 ///   a large one, and a lease's leftovers are found by its token.
-pub const VERSION: i64 = 5;
+/// - 6: packs. `meta.layout` (`packs` or `files`; a migrated checkpoint is `files`) and
+///   `meta.snapshot_id`; the table `packs` (one row per sealed pack); and on each package
+///   where its bytes are: `uri` (a file), or `pack` (a row of `packs`) with `pack_offset`
+///   and `pack_length` (its zstd frame), and `sha256` of its exact bytes (NULL for a
+///   package stored before version 6, until it is fetched again).
+pub const VERSION: i64 = 6;
 
 /// The tables and indexes of [`VERSION`].
 const SCHEMA: &str = "
@@ -50,7 +55,19 @@ CREATE TABLE IF NOT EXISTS packages (
     last_error TEXT,
     lease_token INTEGER,
     seen_run INTEGER NOT NULL,
-    fetched_run INTEGER
+    fetched_run INTEGER,
+    pack INTEGER,
+    pack_offset INTEGER,
+    pack_length INTEGER,
+    sha256 BLOB
+);
+CREATE TABLE IF NOT EXISTS packs (
+    id INTEGER PRIMARY KEY,
+    uri TEXT NOT NULL UNIQUE,
+    bytes INTEGER NOT NULL,
+    entries INTEGER NOT NULL,
+    token INTEGER,
+    sealed_ms INTEGER NOT NULL
 );
 -- Only packages still in flight are indexed by state (a query must name the state as
 -- written here for SQLite to use the index): stored, missing, removed and deleted ones,
@@ -110,6 +127,9 @@ pub fn create_or_migrate(conn: &Connection) -> rusqlite::Result<()> {
         // The partial indexes of SCHEMA replace the index over every package's status.
         conn.execute_batch("DROP INDEX IF EXISTS packages_by_status")?;
     }
+    if existing && version < 6 {
+        migrate_to_6(conn)?;
+    }
     conn.execute_batch(SCHEMA)?;
     conn.pragma_update(None, "user_version", VERSION)
 }
@@ -123,4 +143,24 @@ fn migrate_to_2(conn: &Connection) -> rusqlite::Result<()> {
              WHERE status = 'stored' AND doc_rev IS NOT NULL AND doc_rev != '';
          UPDATE packages SET stored_rev = NULL WHERE status = 'missing';",
     )
+}
+
+/// 5 → 6: where each package's bytes are, and their digest (unknown for what is stored
+/// already: NULL until fetched again); the snapshot keeps the `files` layout it has.
+fn migrate_to_6(conn: &Connection) -> rusqlite::Result<()> {
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('packages')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (column, kind) in [
+        ("pack", "INTEGER"),
+        ("pack_offset", "INTEGER"),
+        ("pack_length", "INTEGER"),
+        ("sha256", "BLOB"),
+    ] {
+        if !columns.iter().any(|c| c == column) {
+            conn.execute_batch(&format!("ALTER TABLE packages ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    conn.execute_batch("INSERT OR IGNORE INTO meta (key, value) VALUES ('layout', 'files')")
 }

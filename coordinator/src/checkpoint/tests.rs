@@ -15,6 +15,7 @@ fn identity(store: &str) -> RunIdentity {
         store: store.into(),
         pivots: vec!["m".into()],
         accept: "full".into(),
+        layout: None,
     }
 }
 
@@ -552,8 +553,11 @@ fn the_hot_queries_of_a_large_checkpoint_use_the_state_indexes() {
     // The counts read every package once, holding nothing but the sums.
     let counts = plan_of(COUNT_PACKAGES);
     assert!(!counts.contains("TEMP B-TREE"), "{counts}");
-    let export = plan_of(STORED_NAMES);
-    assert!(!export.contains("TEMP B-TREE"), "{export}");
+    // The walks of `export` and `show` go in key order without sorting.
+    for walk in [STORED_NAMES, STORED_LOCATIONS, STORED_FILES] {
+        let export = plan_of(walk);
+        assert!(!export.contains("TEMP B-TREE"), "{export}");
+    }
 }
 
 #[test]
@@ -627,4 +631,54 @@ fn a_version_4_checkpoint_with_work_in_flight_is_migrated_and_carries_on() {
     );
     assert_eq!(failures.failures.len(), 1);
     assert_eq!(failures.failures[0].name, "f");
+}
+
+#[test]
+fn a_version_5_checkpoint_becomes_a_files_snapshot_whose_stored_rows_have_no_digest_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.sqlite");
+    let (ck, _) = Checkpoint::open(&path, &identity("s"), &plan(), 3).unwrap();
+    drop(ck);
+    {
+        // Back to version 5: no pack columns, no packs table, no layout; one stored row.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE packages DROP COLUMN pack; ALTER TABLE packages DROP COLUMN pack_offset;
+             ALTER TABLE packages DROP COLUMN pack_length; ALTER TABLE packages DROP COLUMN sha256;
+             DROP TABLE packs; DELETE FROM meta WHERE key IN ('layout', 'snapshot_id');
+             PRAGMA user_version = 5;
+             INSERT INTO packages (name, partition, indexed_rev, stored_rev, status, uri, bytes, seen_run)
+                 VALUES ('old', '+m', '1-o', '1-o', 'stored', 'file:///s/packuments/old.json', 9, 1);",
+        )
+        .unwrap();
+    }
+    let packs = RunIdentity {
+        layout: Some(Layout::Packs),
+        ..identity("s")
+    };
+    let refused = Checkpoint::open(&path, &packs, &plan(), 3).err().unwrap();
+    assert!(
+        matches!(
+            refused,
+            CheckpointError::LayoutMismatch {
+                recorded: "files",
+                given: "packs",
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    let (ck, _) = Checkpoint::open(&path, &identity("s"), &plan(), 3).unwrap();
+    let (layout, counts) =
+        futures::executor::block_on(ck.call(|db| Ok((db.layout()?.0, db.counts_now()?)))).unwrap();
+    assert_eq!(
+        layout,
+        Layout::Files,
+        "a migrated checkpoint keeps its files"
+    );
+    assert_eq!(counts.packuments_done, 1);
+    assert_eq!(
+        counts.packuments_without_digest, 1,
+        "and says which have no digest"
+    );
 }

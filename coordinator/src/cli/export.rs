@@ -1,16 +1,19 @@
 //! `coordinator export`: stored packuments as NDJSON, one document (or one version) a
-//! line, in key order, one document in memory at a time.
+//! line, in key order (or, with `--order packs`, pack by pack), one document (or one
+//! pack) in memory at a time.
 
 use std::{
     io::{self, BufWriter, Write},
     process::ExitCode,
 };
 
-use alldocs_fetcher::store::packument_path;
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
-use crate::cli::read::{finish, open, recorded_store, DbArg};
+use crate::cli::{
+    read::{finish, open, recorded_store, DbArg},
+    snapshot,
+};
 
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
 pub enum ExportFormat {
@@ -29,6 +32,10 @@ pub struct ExportArgs {
     /// One row per version: name, version, published, dependencies, tarball, integrity.
     #[arg(long)]
     pub versions: bool,
+    /// key: in key order, as the index; packs: pack by pack, each read whole and
+    /// sequentially (the fast way through a packed snapshot), then the files in key order.
+    #[arg(long, value_enum, default_value_t)]
+    pub order: snapshot::Order,
 }
 
 /// Streams the export on a blocking thread (the checkpoint cursor stays on it).
@@ -40,39 +47,35 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 fn run(args: ExportArgs, rt: tokio::runtime::Handle) -> anyhow::Result<ExitCode> {
     let conn = open(&args.db.db)?;
     let store = recorded_store(&conn)?;
-    let mut stmt = conn.prepare(crate::checkpoint::STORED_NAMES)?;
-    let mut rows = stmt.query([])?;
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
-    while let Some(row) = rows.next()? {
-        let name: String = row.get(0)?;
-        let bytes = rt
-            .block_on(store.get(&packument_path(&name)))
-            .map_err(|e| {
-                anyhow::anyhow!(
-                "`{name}` is stored in the checkpoint but its object is not in the store ({e}); \
-                 rerun `coordinator run` on this --db to fetch it again"
-            )
-            })?;
+    let mut written = Ok(());
+    snapshot::each_stored(&conn, &store, &rt, args.order, |name, bytes, checked| {
         let line = if args.versions {
-            let doc: Value = serde_json::from_slice(&bytes).map_err(|e| not_json(&name, e))?;
-            version_rows(&name, &doc)?
+            let doc: Value = serde_json::from_slice(bytes).map_err(|e| not_json(name, e))?;
+            version_rows(name, &doc)?
         } else {
-            compact(&bytes).map_err(|e| not_json(&name, e))?
+            compact(bytes, checked).map_err(|e| not_json(name, e))?
         };
-        drop(bytes);
-        if let Err(e) = out.write_all(&line) {
-            return finish(Err(e));
-        }
-    }
-    finish(out.flush())
+        written = out.write_all(&line);
+        Ok(written.is_ok())
+    })?;
+    finish(written.and_then(|()| out.flush()))
 }
 
 fn not_json(name: &str, e: serde_json::Error) -> anyhow::Error {
     anyhow::anyhow!("`{name}`: the stored document is not JSON ({e})")
 }
 
-/// The document on one line, its keys in their stored order, then a newline.
-fn compact(bytes: &[u8]) -> serde_json::Result<Vec<u8>> {
+/// The document on one line, its keys in their stored order, then a newline: as stored
+/// when it is already compact (no whitespace between its tokens: the registry serves it
+/// so), else re-serialized compactly.
+fn compact(bytes: &[u8], checked: bool) -> serde_json::Result<Vec<u8>> {
+    if checked && is_compact(bytes) {
+        let mut line = Vec::with_capacity(bytes.len() + 1);
+        line.extend_from_slice(bytes);
+        line.push(b'\n');
+        return Ok(line);
+    }
     let mut line = Vec::with_capacity(bytes.len() + 1);
     let mut from = serde_json::Deserializer::from_slice(bytes);
     let mut to = serde_json::Serializer::new(&mut line);
@@ -80,6 +83,34 @@ fn compact(bytes: &[u8]) -> serde_json::Result<Vec<u8>> {
     from.end()?;
     line.push(b'\n');
     Ok(line)
+}
+
+/// Whether JSON `bytes` hold no whitespace outside strings (a JSON string holds no raw
+/// control character, so no newline either). Inside a string it jumps to the next quote
+/// or backslash.
+fn is_compact(bytes: &[u8]) -> bool {
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'"' => {
+                // To the closing quote, past escapes.
+                at += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &bytes[at..]) {
+                        Some(i) if bytes[at + i] == b'\\' => at += i + 2,
+                        Some(i) => {
+                            at += i + 1;
+                            break;
+                        }
+                        None => return false,
+                    }
+                }
+            }
+            b' ' | b'\t' | b'\n' | b'\r' => return false,
+            _ => at += 1,
+        }
+    }
+    true
 }
 
 /// One `--versions` row, its fields in this order; what a document lacks is null.
@@ -114,4 +145,28 @@ fn version_rows(name: &str, doc: &Value) -> serde_json::Result<Vec<u8>> {
         lines.push(b'\n');
     }
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_documents_are_written_as_stored_and_others_re_serialized() {
+        let stored = br#"{"a":"x y\" z","b":[1,2]}"#;
+        assert!(is_compact(stored));
+        assert_eq!(
+            compact(stored, true).unwrap(),
+            [&stored[..], b"\n"].concat()
+        );
+        for spaced in [&br#"{"a": 1}"#[..], b"{\"a\":1}\n", br#"{"a":[1, 2]}"#] {
+            assert!(!is_compact(spaced), "{spaced:?}");
+        }
+        assert_eq!(
+            compact(br#"{"a": [1, 2]}"#, true).unwrap(),
+            b"{\"a\":[1,2]}\n"
+        );
+        // Unchecked bytes (no digest recorded) are always parsed.
+        assert!(compact(br#"{"a":1"#, false).is_err());
+    }
 }

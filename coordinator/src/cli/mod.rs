@@ -1,13 +1,18 @@
 //! **Part `cli`: the command line.** The subcommands and the exit code an outcome maps
 //! to; `status` (progress from a running coordinator), and the read-only commands over a
-//! snapshot: `index` and `show` ([`read`]) and [`export`]. A job's own options are
-//! `run::args`.
+//! snapshot: `index` and `show` ([`read`]) and [`export`], reading either layout through
+//! [`snapshot`] (packs read whole in [`packs`]); [`unpack`] (a snapshot as files) and
+//! [`compact`] (packs rewritten). A job's own options are `run::args`.
 //!
 //! Uses: `run`, `api`, `fleet` (the bearer header that status sends), `checkpoint`.
 
+pub mod compact;
 pub mod export;
+pub mod packs;
 pub mod read;
+pub mod snapshot;
 pub mod status;
+pub mod unpack;
 
 use std::process::ExitCode;
 
@@ -43,6 +48,12 @@ pub enum Command {
     Show(crate::cli::read::ShowArgs),
     /// Stream a snapshot's stored packuments as NDJSON (read-only).
     Export(crate::cli::export::ExportArgs),
+    /// Write a snapshot in the files layout (one object per packument) to a directory or
+    /// bucket (reads the snapshot only).
+    Unpack(crate::cli::unpack::UnpackArgs),
+    /// Rewrite packs that are mostly dead (older copies) into new ones, then delete them;
+    /// takes the checkpoint's lock.
+    Compact(crate::cli::compact::CompactArgs),
 }
 
 #[derive(Args, Debug)]
@@ -68,6 +79,8 @@ pub async fn execute(
         Command::Index(args) => crate::cli::read::index(args).await,
         Command::Show(args) => crate::cli::read::show(args).await,
         Command::Export(args) => crate::cli::export::export(args).await,
+        Command::Unpack(args) => crate::cli::unpack::unpack(args).await,
+        Command::Compact(args) => crate::cli::compact::compact(args).await,
     }
 }
 

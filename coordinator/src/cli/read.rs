@@ -7,11 +7,11 @@ use std::{
     process::ExitCode,
 };
 
-use alldocs_fetcher::store::{packument_path, Store};
+use alldocs_fetcher::store::Store;
 use clap::{Args, ValueEnum};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::run::args::usage;
+use crate::{cli::snapshot, run::args::usage};
 
 /// The names in the index as of the last index pass (and, with `serve --follow`, the feed
 /// after it): every status but `removed` (a name the registry's `_all_docs` no longer
@@ -136,7 +136,7 @@ pub fn recorded_store(conn: &Connection) -> anyhow::Result<Store> {
     let url = url.ok_or_else(|| {
         anyhow::anyhow!("the checkpoint records no --store; run `coordinator run` on it first")
     })?;
-    Store::open(&url)
+    Store::open_to_read(&url)
         .map_err(|e| anyhow::anyhow!("cannot open the store this checkpoint records ({url}): {e}"))
 }
 
@@ -145,28 +145,16 @@ pub async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let name = &args.name;
     let (store, state) = {
         let conn = open(&args.db.db)?;
-        let state: Option<(String, Option<String>)> = conn
-            .query_row(
-                "SELECT status, last_error FROM packages WHERE name = ?1",
-                [name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        (recorded_store(&conn)?, state)
+        (recorded_store(&conn)?, snapshot::lookup(&conn, name)?)
     };
-    match state {
+    let stored = match state {
         None => anyhow::bail!(
             "`{name}` is not in the snapshot; check the spelling with `coordinator index | grep`"
         ),
-        Some((status, _)) if status == "stored" => {}
-        Some((status, last_error)) => anyhow::bail!("{}", not_stored(name, &status, last_error)),
-    }
-    let bytes = store.get(&packument_path(name)).await.map_err(|e| {
-        anyhow::anyhow!(
-            "`{name}` is stored in the checkpoint but its object is not in the store ({e}); \
-             rerun `coordinator run` on this --db to fetch it again"
-        )
-    })?;
+        Some((status, _, stored)) if status == "stored" => stored,
+        Some((status, last_error, _)) => anyhow::bail!("{}", not_stored(name, &status, last_error)),
+    };
+    let bytes = snapshot::read(&store, &stored).await?;
     let mut out = io::stdout().lock();
     let written = match &args.select {
         None => out.write_all(&bytes),

@@ -4,10 +4,14 @@
 use std::time::Duration;
 
 use alldocs_proto::v1::{
-    lease::Work as LeaseWork, Accept, IndexWork, Lease, PackumentRequest, PackumentWork,
+    lease::Work as LeaseWork, Accept, IndexWork, Layout as ProtoLayout, Lease, PackumentRequest,
+    PackumentWork,
 };
 
-use crate::{checkpoint::Work, fleet::budget::Pace};
+use crate::{
+    checkpoint::{Layout, Work},
+    fleet::budget::Pace,
+};
 
 /// How leases are cut and paced.
 #[derive(Clone, Debug)]
@@ -32,6 +36,12 @@ pub struct Settings {
     pub retry_base_ms: u32,
     /// Decoded bytes one packument may have (0 = the fetcher's default, 256 MiB).
     pub max_document_bytes: u64,
+    /// How packuments are stored, and with packs, the snapshot's id and when a pack is
+    /// sealed.
+    pub layout: Layout,
+    pub snapshot_id: String,
+    pub pack_bytes: u64,
+    pub pack_interval: Duration,
 }
 
 impl Settings {
@@ -53,6 +63,13 @@ impl Settings {
             max_retries: self.max_retries,
             retry_base_ms: self.retry_base_ms,
             max_document_bytes: self.max_document_bytes,
+            layout: match self.layout {
+                Layout::Packs => ProtoLayout::Packs,
+                Layout::Files => ProtoLayout::Files,
+            } as i32,
+            pack_bytes: self.pack_bytes,
+            pack_interval_ms: self.pack_interval.as_millis().min(u128::from(u32::MAX)) as u32,
+            snapshot_id: self.snapshot_id.clone(),
             work: Some(self.lease_work(work)),
         }
     }

@@ -10,6 +10,15 @@ use crate::run::display::ProgressMode;
 /// The most packuments in one lease.
 pub const MAX_LEASE_SIZE: u32 = 10_000;
 
+/// `--layout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LayoutArg {
+    /// Many packuments per object, each its own zstd frame: `packs/<snapshot>/…`.
+    Packs,
+    /// One object per packument, its exact bytes: `packuments/<key>.json`.
+    Files,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum AcceptArg {
     /// Whole packuments (Accept: application/json).
@@ -133,6 +142,19 @@ pub struct JobArgs {
     /// not stored. npm refuses documents over 100 MB, so the default leaves ample room.
     #[arg(long, env = "ALLDOCS_MAX_DOCUMENT_BYTES", default_value = "256MiB", value_parser = parse_max_document_bytes)]
     pub max_document_bytes: bytesize::ByteSize,
+    /// How packuments are stored, for a new snapshot: packs (many per object, compressed;
+    /// the default) or files (one object each). Recorded in the checkpoint; a later run
+    /// keeps it, and another --layout on that checkpoint is refused.
+    #[arg(long, env = "ALLDOCS_LAYOUT", value_enum)]
+    pub layout: Option<LayoutArg>,
+    /// With packs: a pack is sealed (written whole, then reported) once it holds this many
+    /// compressed bytes (e.g. 64MiB); a larger packument goes into a pack of its own.
+    #[arg(long, env = "ALLDOCS_PACK_BYTES", default_value = "64MiB", value_parser = parse_pack_bytes)]
+    pub pack_bytes: bytesize::ByteSize,
+    /// With packs: a pack is also sealed once its first packument is this old, so
+    /// progress keeps moving on a slow registry.
+    #[arg(long, env = "ALLDOCS_PACK_INTERVAL", default_value = "5s", value_parser = parse_pack_interval)]
+    pub pack_interval: Duration,
     /// Progress display: bars on a terminal, log lines otherwise.
     #[arg(long, env = "ALLDOCS_PROGRESS", value_enum, default_value_t)]
     pub progress: ProgressMode,
@@ -153,6 +175,31 @@ fn parse_max_document_bytes(s: &str) -> Result<bytesize::ByteSize, String> {
         ));
     }
     Ok(size)
+}
+
+/// `--pack-bytes`: a size from 64 KiB to 4 GiB.
+fn parse_pack_bytes(s: &str) -> Result<bytesize::ByteSize, String> {
+    let size: bytesize::ByteSize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{s}` is not a size ({e}); give one such as 64MiB"))?;
+    if !(64 << 10..=4 << 30).contains(&size.as_u64()) {
+        return Err(format!(
+            "{size} is outside 64KiB..4GiB; give a pack size such as 64MiB"
+        ));
+    }
+    Ok(size)
+}
+
+/// `--pack-interval`: from 10 ms to 10 minutes.
+fn parse_pack_interval(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(d) if (Duration::from_millis(10)..=Duration::from_secs(600)).contains(&d) => Ok(d),
+        Ok(_) => Err("--pack-interval must be from 10ms to 10m; give one such as 5s".into()),
+        Err(e) => Err(format!(
+            "`{value}` is not a duration ({e}); give one such as 5s"
+        )),
+    }
 }
 
 /// `--follow-interval`: a duration of at least 100 ms, so a caught-up follower never
@@ -216,6 +263,22 @@ mod tests {
         assert!(parse_follow_interval("soon")
             .unwrap_err()
             .contains("such as 10s"));
+    }
+
+    #[test]
+    fn pack_sizes_and_intervals_are_bounded() {
+        assert_eq!(parse_pack_bytes("64MiB").unwrap().as_u64(), 64 << 20);
+        assert!(parse_pack_bytes("1KiB")
+            .unwrap_err()
+            .contains("64KiB..4GiB"));
+        assert!(parse_pack_bytes("lots").unwrap_err().contains("64MiB"));
+        assert_eq!(parse_pack_interval("5s"), Ok(Duration::from_secs(5)));
+        assert!(parse_pack_interval("0s")
+            .unwrap_err()
+            .contains("10ms to 10m"));
+        assert!(parse_pack_interval("1h")
+            .unwrap_err()
+            .contains("10ms to 10m"));
     }
 
     #[test]

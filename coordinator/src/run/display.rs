@@ -184,6 +184,7 @@ pub fn table(p: &Progress) -> String {
             ),
         ),
         ("bytes stored", human_bytes(p.bytes_stored)),
+        ("store", store_line(p)),
         (
             "rate",
             format!(
@@ -205,6 +206,41 @@ pub fn table(p: &Progress) -> String {
     rows.iter()
         .map(|(k, v)| format!("{k:>13}  {v}\n"))
         .collect()
+}
+
+/// How the snapshot is stored: `packs: 12 (3.1 MB), 2.9 MB live, 0.2 MB dead`, or
+/// `files`; and how many stored packuments have no digest, if any.
+pub fn store_line(p: &Progress) -> String {
+    let mut line = if p.layout == "packs" || p.packs > 0 {
+        format!(
+            "{}: {} packs ({}), {} live, {} dead",
+            if p.layout.is_empty() {
+                "packs"
+            } else {
+                &p.layout
+            },
+            p.packs,
+            human_bytes(p.pack_bytes),
+            human_bytes(p.pack_bytes_live),
+            human_bytes(p.pack_bytes_dead)
+        )
+    } else {
+        format!(
+            "{}: one object per packument",
+            if p.layout.is_empty() {
+                "files"
+            } else {
+                &p.layout
+            }
+        )
+    };
+    if p.packuments_without_digest > 0 {
+        line.push_str(&format!(
+            "; {} stored before digests were recorded (checked once fetched again)",
+            p.packuments_without_digest
+        ));
+    }
+    line
 }
 
 /// Where `serve --follow` is in the feed: `seq 120 of 125 (5 behind), 3 deleted`.

@@ -44,7 +44,7 @@ pub async fn job(
             "--follow keeps the snapshot current and never finishes: use `coordinator serve --follow` (`run` exits once the snapshot is done)",
         ));
     }
-    let prepared = prepare(&args)?;
+    let mut prepared = prepare(&args)?;
     // A credential that cannot be had stops the job before anything is written.
     for fetcher in &prepared.fetchers {
         fetcher
@@ -71,10 +71,13 @@ pub async fn job(
     )
     .map_err(|e| match e {
         CheckpointError::ConfigMismatch { .. }
+        | CheckpointError::LayoutMismatch { .. }
         | CheckpointError::Open { .. }
         | CheckpointError::TooNew { .. } => usage(e.to_string()),
         other => other.into(),
     })?;
+    (prepared.settings.layout, prepared.settings.snapshot_id) =
+        checkpoint.call(|db| db.layout()).await?;
     if prepared.mode == Mode::Names {
         let (names, plan) = (prepared.names.clone(), prepared.partitions.clone());
         checkpoint.call(move |db| db.want(&names, &plan)).await?;

@@ -17,12 +17,12 @@ use futures::StreamExt;
 
 use crate::{
     api::admin,
-    checkpoint::{Mode, RunIdentity},
+    checkpoint::{Layout, Mode, RunIdentity},
     fleet::fetchers::{Auth, FetcherHandle, RemoteOptions},
     fleet::idtoken::IdTokens,
     fleet::lease::Settings,
     plan::{self, Partition},
-    run::args::{usage, AcceptArg, FetcherAuthArg, JobArgs},
+    run::args::{usage, AcceptArg, FetcherAuthArg, JobArgs, LayoutArg},
 };
 
 /// The variable holding the token remote fetchers require (`--fetcher-auth token`).
@@ -123,6 +123,10 @@ pub fn prepare(args: &JobArgs) -> anyhow::Result<Prepared> {
         store: args.store.clone(),
         pivots: pivots.clone(),
         accept: format!("{:?}", args.accept).to_lowercase(),
+        layout: args.layout.map(|l| match l {
+            LayoutArg::Packs => Layout::Packs,
+            LayoutArg::Files => Layout::Files,
+        }),
     };
     let names = match &args.names {
         Some(list) => crate::plan::names::parse_names(list).map_err(usage)?,
@@ -213,6 +217,11 @@ fn settings(args: &JobArgs, replicate_origin: String, registry: String) -> Setti
         max_retries: args.max_retries,
         retry_base_ms: args.retry_base.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
         max_document_bytes: args.max_document_bytes.as_u64(),
+        // The snapshot's own, once its checkpoint is open.
+        layout: Layout::Files,
+        snapshot_id: String::new(),
+        pack_bytes: args.pack_bytes.as_u64(),
+        pack_interval: args.pack_interval,
     }
 }
 

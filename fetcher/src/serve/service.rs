@@ -3,30 +3,24 @@
 //! is told to stop.
 
 use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
 use alldocs_proto::v1::{
-    fetcher_server::Fetcher, lease::Work, Accept, FetchEvent, ItemFailed, Lease, LeaseSummary,
-    PackumentWork,
+    fetcher_server::Fetcher, lease::Work, FetchEvent, ItemFailed, Layout, Lease,
 };
-use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::work::{deadline_of, do_work, summary_for, work_size, Tally};
 use crate::{
     source::events::EventSink,
-    source::http::{build_client, FetchError, Http, RetryPolicy},
-    source::index,
+    source::http::{build_client, Http, RetryPolicy},
     source::npmrc::Credentials,
     source::pace::Pace,
-    source::packument::{self, Outcome},
     source::policy::Policy,
     store::Store,
 };
@@ -212,150 +206,6 @@ impl Fetcher for FetchService {
     }
 }
 
-/// What a lease did so far.
-#[derive(Default)]
-struct Tally {
-    rows: AtomicU64,
-    stored: AtomicU64,
-    missing: AtomicU64,
-    failed: AtomicU64,
-    bytes: AtomicU64,
-}
-
-fn summary_for(
-    lease: &Lease,
-    tally: &Tally,
-    started: Instant,
-    total: u64,
-    deadline_exceeded: bool,
-) -> LeaseSummary {
-    let stored = tally.stored.load(Ordering::Relaxed);
-    let missing = tally.missing.load(Ordering::Relaxed);
-    let failed = tally.failed.load(Ordering::Relaxed);
-    let finished = match lease.work {
-        Some(Work::Index(_)) => stored + failed,
-        _ => stored + missing + failed,
-    };
-    LeaseSummary {
-        lease_id: lease.lease_id.clone(),
-        fencing_token: lease.fencing_token,
-        rows: tally.rows.load(Ordering::Relaxed),
-        stored,
-        missing,
-        failed,
-        bytes: tally.bytes.load(Ordering::Relaxed),
-        requests: 0,
-        retries: 0,
-        duration_ms: started.elapsed().as_millis() as u64,
-        unfinished: total.saturating_sub(finished),
-        deadline_exceeded,
-        throttled: 0,
-    }
-}
-
-fn work_size(lease: &Lease) -> u64 {
-    match &lease.work {
-        Some(Work::Index(_)) => 1,
-        Some(Work::Packuments(p)) => p.items.len() as u64,
-        None => 0,
-    }
-}
-
-fn deadline_of(lease: &Lease) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    if lease.deadline_unix_ms <= 0 {
-        return now + Duration::from_secs(365 * 24 * 3600);
-    }
-    let left = lease
-        .deadline_unix_ms
-        .saturating_sub(alldocs_proto::now_unix_ms());
-    now + Duration::from_millis(left.max(0) as u64)
-}
-
-/// Does the lease's work; returns how many items it had.
-async fn do_work(
-    lease: &Lease,
-    http: &Http,
-    store: &Store,
-    sink: &EventSink,
-    tally: &Tally,
-) -> u64 {
-    match &lease.work {
-        Some(Work::Index(work)) => {
-            match index::run(http, &lease.replicate_origin, store, work, sink).await {
-                Ok(outcome) => {
-                    tally.rows.store(outcome.done.rows, Ordering::Relaxed);
-                    tally.bytes.store(outcome.done.bytes, Ordering::Relaxed);
-                    tally.stored.store(1, Ordering::Relaxed);
-                    let _ = sink.index_done(outcome.done).await;
-                }
-                Err(e) => {
-                    tally.failed.store(1, Ordering::Relaxed);
-                    let _ = sink.failed(failure(String::new(), &e)).await;
-                }
-            }
-            1
-        }
-        Some(Work::Packuments(work)) => {
-            fetch_packuments(lease, work, http, store, sink, tally).await;
-            work.items.len() as u64
-        }
-        None => 0,
-    }
-}
-
-async fn fetch_packuments(
-    lease: &Lease,
-    work: &PackumentWork,
-    http: &Http,
-    store: &Store,
-    sink: &EventSink,
-    tally: &Tally,
-) {
-    let target = packument::Target {
-        registry: &lease.registry,
-        store,
-        accept: Accept::try_from(lease.accept).unwrap_or(Accept::Full),
-        max_document_bytes: lease.max_document_bytes,
-    };
-    let concurrency = lease.concurrency.max(1) as usize;
-    let mut results = futures::stream::iter(work.items.iter().cloned())
-        .map(|item| async move {
-            let res = packument::fetch(http, target, &item.name, &item.rev, &tally.bytes).await;
-            (item, res)
-        })
-        .buffer_unordered(concurrency);
-    while let Some((item, res)) = results.next().await {
-        let sent = match res {
-            Ok(Outcome::Stored(stored)) => {
-                tally.stored.fetch_add(1, Ordering::Relaxed);
-                sink.stored(stored).await
-            }
-            Ok(Outcome::Missing(missing)) => {
-                tally.missing.fetch_add(1, Ordering::Relaxed);
-                sink.missing(missing).await
-            }
-            Err(e) => {
-                tracing::warn!(name = %item.name, error = %e, "packument failed");
-                tally.failed.fetch_add(1, Ordering::Relaxed);
-                sink.failed(failure(item.name.clone(), &e)).await
-            }
-        };
-        if sent.is_err() {
-            return;
-        }
-    }
-}
-
-fn failure(name: String, e: &FetchError) -> ItemFailed {
-    ItemFailed {
-        name,
-        reason: e.to_string(),
-        retryable: e.retryable(),
-        http_status: e.status().map_or(0, |s| u32::from(s.as_u16())),
-    }
-}
-
 /// Refuses a lease that cannot be worked, saying what is wrong with it.
 fn validate(lease: &Lease) -> Result<(), Status> {
     let url_ok = |what: &str, url: &str| -> Result<(), Status> {
@@ -384,7 +234,18 @@ fn validate(lease: &Lease) -> Result<(), Status> {
             }
             url_ok("replicate_origin", &lease.replicate_origin)
         }
-        Some(Work::Packuments(_)) => url_ok("registry", &lease.registry),
+        Some(Work::Packuments(_)) => {
+            if lease.layout() == Layout::Packs
+                && !crate::store::pack::valid_snapshot_id(&lease.snapshot_id)
+            {
+                return Err(Status::invalid_argument(format!(
+                    "lease {}: layout packs needs a snapshot_id of 1 to 32 lowercase hex digits, not `{}`",
+                    lease.lease_id,
+                    lease.snapshot_id.escape_debug()
+                )));
+            }
+            url_ok("registry", &lease.registry)
+        }
     }?;
     crate::store::StoreLocation::parse(&lease.store_url)
         .map(|_| ())

@@ -2,7 +2,7 @@
 //! client went away.
 
 use alldocs_proto::v1::{
-    fetch_event::Event, FetchEvent, IndexDone, IndexRows, ItemFailed, LeaseSummary,
+    fetch_event::Event, FetchEvent, IndexDone, IndexRows, ItemFailed, LeaseSummary, PackSealed,
     PackumentMissing, PackumentStored, Throttled,
 };
 use tokio::sync::mpsc;
@@ -37,6 +37,9 @@ impl EventSink {
     }
     pub async fn index_done(&self, done: IndexDone) -> Result<(), ClientGone> {
         self.send(Event::IndexDone(done)).await
+    }
+    pub async fn pack_sealed(&self, pack: PackSealed) -> Result<(), ClientGone> {
+        self.send(Event::PackSealed(pack)).await
     }
     pub async fn stored(&self, stored: PackumentStored) -> Result<(), ClientGone> {
         self.send(Event::Stored(stored)).await

@@ -2,7 +2,7 @@
 //! followed by hand and per-hop tokens ([`http`]), each lease paced on the run's request
 //! grid ([`pace`]); the registry and tokens as npm reads them ([`npmrc`]); what a lease may
 //! name ([`policy`]); paging `_all_docs` exactly ([`all_docs`], [`pager`], [`index`]); fetching and
-//! storing packuments ([`packument`]); and the channel a lease's events go out on
+//! storing packuments ([`packument`]), many to a pack with `--layout packs` ([`packs`]); and the channel a lease's events go out on
 //! ([`events`]).
 //!
 //! Uses: `store`.
@@ -13,6 +13,7 @@ pub mod http;
 pub mod index;
 pub mod npmrc;
 pub mod pace;
+pub mod packs;
 pub mod packument;
 pub mod pager;
 pub mod policy;

@@ -4,23 +4,31 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 mod body;
+mod json;
 
-use crate::{
-    source::http::{redact, status_error, FetchError, Http},
-    store::Store,
+use crate::source::{
+    http::{redact, status_error, FetchError, Http},
+    packs::Sealed,
 };
 use alldocs_proto::v1::{Accept, PackumentMissing, PackumentStored};
-use body::store_body;
+pub use body::Place;
+use body::{keep_body, Kept};
 
 /// Bodies up to this size are checked in memory and written in one request; larger ones
 /// are validated on a blocking thread while they stream to the store in parts.
 pub const SPILL_BYTES: usize = 8 << 20;
 
 /// What became of one name.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum Outcome {
+    /// Stored as a file of its own.
     Stored(PackumentStored),
     Missing(PackumentMissing),
+    /// In the lease's open pack: reported when the pack is sealed.
+    Held,
+    /// It sealed a pack (its own, or the one it filled): report the pack, then its
+    /// packuments.
+    Sealed(Sealed),
 }
 
 /// `<registry>/<name>`, the registry's path prefix kept; a scoped name is `@scope%2fname`.
@@ -51,10 +59,11 @@ pub fn accept_header(accept: Accept) -> &'static str {
 pub const DEFAULT_MAX_DOCUMENT_BYTES: u64 = 256 << 20;
 
 /// Where and how one lease's packuments are fetched and stored.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Target<'a> {
     pub registry: &'a str,
-    pub store: &'a Store,
+    /// A file per packument, or the lease's packs.
+    pub place: Place<'a>,
     pub accept: Accept,
     /// Decoded bytes a document may have (0 = [`DEFAULT_MAX_DOCUMENT_BYTES`]).
     pub max_document_bytes: u64,
@@ -99,16 +108,27 @@ pub async fn fetch(
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let body = store_body(resp, &url, target.store, name, target.limit()).await?;
-        bytes_total.fetch_add(body.bytes, Ordering::Relaxed);
-        Ok(Outcome::Stored(PackumentStored {
+        let meta = PackumentStored {
             name: name.to_string(),
             rev: index_rev.to_string(),
-            uri: body.uri,
-            bytes: body.bytes,
-            doc_rev: body.doc_rev.unwrap_or_default(),
             etag,
-        }))
+            ..Default::default()
+        };
+        let kept = keep_body(resp, &url, target.place, meta.clone(), target.limit()).await?;
+        Ok(match kept {
+            Kept::File(body) => {
+                bytes_total.fetch_add(body.bytes, Ordering::Relaxed);
+                Outcome::Stored(PackumentStored {
+                    uri: body.uri,
+                    bytes: body.bytes,
+                    doc_rev: body.doc_rev.unwrap_or_default(),
+                    sha256: body.sha256,
+                    ..meta
+                })
+            }
+            Kept::Held => Outcome::Held,
+            Kept::Sealed(sealed) => Outcome::Sealed(sealed),
+        })
     })
     .await
 }
@@ -142,8 +162,9 @@ fn check_representation(
 #[cfg(test)]
 mod tests {
     use super::body::*;
+    use super::json::{doc_rev, ChannelReader};
     use super::*;
-    use crate::store::packument_path;
+    use crate::store::{packument_path, Store};
     use bytes::Bytes;
     use tokio::sync::mpsc;
 

@@ -186,6 +186,15 @@ impl DirSync {
 /// if a file is there, renames it over that one). `Unsupported` when the file system (or a
 /// missing `/proc`) does not allow it; nothing is left behind then.
 fn write_unnamed(file: &Path, parent: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut unnamed = open_unnamed(parent)?;
+    unnamed.write_all(bytes)?;
+    unnamed.sync_data()?;
+    place_unnamed(&unnamed, file)
+}
+
+/// An unnamed file in `parent` (`O_TMPFILE`), creating `parent` if needed; `Unsupported`
+/// where the file system cannot make one.
+fn open_unnamed(parent: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let open = || {
         OpenOptions::new()
@@ -193,7 +202,7 @@ fn write_unnamed(file: &Path, parent: &Path, bytes: &[u8]) -> io::Result<()> {
             .custom_flags(libc::O_TMPFILE)
             .open(parent)
     };
-    let mut unnamed = match open() {
+    match open() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             std::fs::create_dir_all(parent)?;
             open()
@@ -204,19 +213,21 @@ fn write_unnamed(file: &Path, parent: &Path, bytes: &[u8]) -> io::Result<()> {
         libc::EOPNOTSUPP,
         libc::EISDIR,
         libc::EINVAL,
-    ]))?;
-    unnamed.write_all(bytes)?;
-    unnamed.sync_data()?;
+    ]))
+}
+
+/// Names a synced unnamed file `file`: linked there, or, if a file is there, linked under
+/// a free staged name and renamed over it (atomic).
+fn place_unnamed(unnamed: &File, file: &Path) -> io::Result<()> {
     let unsupported = unsupported_if(&[libc::ENOENT, libc::EXDEV, libc::EPERM, libc::ENOTDIR]);
-    match link_unnamed(&unnamed, file) {
+    match link_unnamed(unnamed, file) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         linked => return linked.map_err(unsupported),
     }
-    // Replacing a file: link under a free staged name, then rename over it (atomic).
     let mut suffix = 1u32;
     loop {
         let staged = staged_path(file, suffix);
-        match link_unnamed(&unnamed, &staged) {
+        match link_unnamed(unnamed, &staged) {
             Ok(()) => {
                 return std::fs::rename(&staged, file).inspect_err(|_| {
                     let _ = std::fs::remove_file(&staged);
@@ -225,6 +236,79 @@ fn write_unnamed(file: &Path, parent: &Path, bytes: &[u8]) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => suffix += 1,
             Err(e) => return Err(unsupported(e)),
         }
+    }
+}
+
+/// A local object being written piece by piece: an unnamed file in its directory (or,
+/// without `O_TMPFILE`, a staged one beside it). Nothing is at its name until
+/// [`LocalDir::finish`]; dropped unfinished, it leaves nothing behind.
+#[derive(Debug)]
+pub struct Unfinished {
+    file: File,
+    /// The staged name, when the file has one.
+    staged: Option<PathBuf>,
+    target: PathBuf,
+}
+
+impl Unfinished {
+    /// Appends `bytes`. Blocks.
+    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(staged) = self.staged.take() {
+            let _ = std::fs::remove_file(staged);
+        }
+    }
+}
+
+impl LocalDir {
+    /// Starts writing `file` (under the root). Blocks.
+    pub fn begin(&self, file: &Path) -> io::Result<Unfinished> {
+        let parent = self.parent_of(file)?;
+        if self.unnamed.load(Ordering::Relaxed) {
+            match open_unnamed(parent) {
+                Ok(unnamed) => {
+                    return Ok(Unfinished {
+                        file: unnamed,
+                        staged: None,
+                        target: file.to_path_buf(),
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                    self.unnamed.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (staged_file, staged) = stage(file, parent)?;
+        Ok(Unfinished {
+            file: staged_file,
+            staged: Some(staged),
+            target: file.to_path_buf(),
+        })
+    }
+
+    /// Makes what `unfinished` holds the object at its name, durably: its data synced,
+    /// named, its directory synced (grouped with concurrent writers). Blocks.
+    pub fn finish(&self, mut unfinished: Unfinished) -> io::Result<()> {
+        unfinished.file.sync_data()?;
+        let target = unfinished.target.clone();
+        match unfinished.staged.take() {
+            None => place_unnamed(&unfinished.file, &target).inspect_err(|e| {
+                if e.kind() == io::ErrorKind::Unsupported {
+                    // Named files from now on (this object is tried again by its lease).
+                    self.unnamed.store(false, Ordering::Relaxed);
+                }
+            })?,
+            Some(staged) => std::fs::rename(&staged, &target).inspect_err(|_| {
+                let _ = std::fs::remove_file(&staged);
+            })?,
+        }
+        self.sync_dir(self.parent_of(&target)?)
     }
 }
 

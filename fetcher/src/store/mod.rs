@@ -1,103 +1,34 @@
 //! **Part `store`: where objects go.** Object storage behind one small interface, chosen
 //! by URL (path, file://, memory://, gs://, s3://); durable, atomic local writes
 //! ([`durable`]); which names are packages and the one-to-one name → object-key mapping
-//! ([`names`]); half-open partitions in raw byte order and their stable names ([`keys`]).
+//! ([`names`]); half-open partitions in raw byte order and their stable names ([`keys`]);
+//! objects written piece by piece and seen only once whole ([`object`]); and the pack
+//! format, many packuments per object ([`pack`]); what a store URL names and whether a
+//! local store directory can be used ([`location`]).
 //!
 //! Uses: no other part.
 
 pub mod durable;
 pub mod keys;
+mod location;
 pub mod names;
+pub mod object;
+pub mod pack;
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     sync::{Arc, Mutex, OnceLock},
 };
 
 use bytes::Bytes;
 
 use crate::store::durable::LocalDir;
+pub use crate::store::location::{check_writable_and_case_sensitive, StoreError, StoreLocation};
 use object_store::{
     aws::AmazonS3Builder, buffered::BufWriter, gcp::GoogleCloudStorageBuilder,
     local::LocalFileSystem, memory::InMemory, path::Path, prefix::PrefixStore, ObjectStore,
     PutPayload,
 };
-
-/// Why a store URL could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("unknown store scheme `{scheme}://` in `{url}`: use a directory path, file://PATH, memory://NAME, gs://BUCKET[/PREFIX] or s3://BUCKET[/PREFIX]")]
-    UnknownScheme { scheme: String, url: String },
-    #[error("invalid store URL `{url}`: {reason}")]
-    InvalidUrl { url: String, reason: String },
-    #[error("cannot create the store directory {path}: {source}; check that the path is writable")]
-    CreateDir {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the store {path} is not usable: {reason}")]
-    Unusable { path: String, reason: String },
-    #[error("cannot open the store `{url}`: {source}")]
-    Open {
-        url: String,
-        #[source]
-        source: object_store::Error,
-    },
-}
-
-/// Where a store URL points.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreLocation {
-    Local(PathBuf),
-    Memory(String),
-    Gcs { bucket: String, prefix: String },
-    S3 { bucket: String, prefix: String },
-}
-
-impl StoreLocation {
-    /// Parses a store URL without touching the store, so callers can refuse a bad one
-    /// before anything is written.
-    pub fn parse(url: &str) -> Result<Self, StoreError> {
-        let invalid = |reason: &str| StoreError::InvalidUrl {
-            url: url.to_string(),
-            reason: reason.to_string(),
-        };
-        if url.trim().is_empty() {
-            return Err(invalid("it is empty; give a directory or a URL"));
-        }
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return Ok(Self::Local(PathBuf::from(url)));
-        };
-        match scheme {
-            "file" => {
-                let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
-                let path = parsed
-                    .to_file_path()
-                    .map_err(|()| invalid("a file:// URL needs an absolute path"))?;
-                Ok(Self::Local(path))
-            }
-            "memory" => Ok(Self::Memory(rest.to_string())),
-            "gs" | "s3" => {
-                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                if bucket.is_empty() {
-                    return Err(invalid("the bucket name is missing"));
-                }
-                let (bucket, prefix) = (bucket.to_string(), prefix.trim_matches('/').to_string());
-                Ok(if scheme == "gs" {
-                    Self::Gcs { bucket, prefix }
-                } else {
-                    Self::S3 { bucket, prefix }
-                })
-            }
-            other => Err(StoreError::UnknownScheme {
-                scheme: other.to_string(),
-                url: url.to_string(),
-            }),
-        }
-    }
-}
 
 /// An opened object store and the URI its objects are known by.
 #[derive(Clone)]
@@ -139,26 +70,32 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens a store only to read what it holds (`show`, `export`, `unpack`'s source):
+    /// a local directory must exist, and nothing is written to it (not even the probe
+    /// [`Store::open`] writes to check it can hold a snapshot), so a read-only one reads.
+    pub fn open_to_read(url: &str) -> Result<Self, StoreError> {
+        if let StoreLocation::Local(path) = StoreLocation::parse(url)? {
+            if !path.is_dir() {
+                return Err(StoreError::Unusable {
+                    path: path.display().to_string(),
+                    reason: "it is not a directory (was the store moved or deleted?)".into(),
+                });
+            }
+            return Self::open_local(url, &path, false);
+        }
+        Self::open(url)
+    }
+
     fn open_uncached(url: &str) -> Result<Self, StoreError> {
+        if let StoreLocation::Local(path) = StoreLocation::parse(url)? {
+            return Self::open_local(url, &path, true);
+        }
         let open_err = |source| StoreError::Open {
             url: url.to_string(),
             source,
         };
-        let mut local = None;
         let (inner, base_uri): (Arc<dyn ObjectStore>, String) = match StoreLocation::parse(url)? {
-            StoreLocation::Local(path) => {
-                check_writable_and_case_sensitive(&path)?;
-                let abs = std::fs::canonicalize(&path).map_err(|source| StoreError::CreateDir {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                let fs = Arc::new(LocalFileSystem::new_with_prefix(&abs).map_err(open_err)?);
-                let base = url::Url::from_directory_path(&abs)
-                    .map(|u| u.as_str().trim_end_matches('/').to_string())
-                    .unwrap_or_else(|()| format!("file://{}", abs.display()));
-                local = Some((fs.clone(), Arc::new(LocalDir::new(abs))));
-                (fs, base)
-            }
+            StoreLocation::Local(_) => unreachable!("opened by open_local"),
             StoreLocation::Memory(name) => (
                 Arc::new(InMemory::new()),
                 format!("memory://{}", name.trim_end_matches('/')),
@@ -184,12 +121,37 @@ impl Store {
                 )
             }
         };
-        let base_url = local.as_ref().and_then(|_| url::Url::parse(&base_uri).ok());
         Ok(Self {
             inner,
             base_uri,
-            local,
-            base_url,
+            local: None,
+            base_url: None,
+        })
+    }
+
+    /// A local directory, checked first (`check`) that it can hold a snapshot.
+    fn open_local(url: &str, path: &std::path::Path, check: bool) -> Result<Self, StoreError> {
+        if check {
+            check_writable_and_case_sensitive(path)?;
+        }
+        let abs = std::fs::canonicalize(path).map_err(|source| StoreError::CreateDir {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let fs = Arc::new(LocalFileSystem::new_with_prefix(&abs).map_err(|source| {
+            StoreError::Open {
+                url: url.to_string(),
+                source,
+            }
+        })?);
+        let base_uri = url::Url::from_directory_path(&abs)
+            .map(|u| u.as_str().trim_end_matches('/').to_string())
+            .unwrap_or_else(|()| format!("file://{}", abs.display()));
+        Ok(Self {
+            inner: fs.clone(),
+            base_url: url::Url::parse(&base_uri).ok(),
+            base_uri,
+            local: Some((fs, Arc::new(LocalDir::new(abs)))),
         })
     }
 
@@ -205,6 +167,29 @@ impl Store {
             return url.into();
         }
         join_uri(&self.base_uri, path.as_ref())
+    }
+
+    /// The path of an object of this store, from its URI ([`Store::uri`]); `None` for a
+    /// URI outside the store.
+    pub fn path_of(&self, uri: &str) -> Option<Path> {
+        let base = match &self.base_url {
+            Some(base) => base.as_str().trim_end_matches('/').to_string(),
+            None => self.base_uri.trim_end_matches('/').to_string(),
+        };
+        let rest = uri.strip_prefix(&base)?.strip_prefix('/')?;
+        if self.base_url.is_some() {
+            // A file:// URI: its segments are percent-encoded.
+            let parts: Vec<String> = rest
+                .split('/')
+                .map(|s| {
+                    percent_encoding::percent_decode_str(s)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+                .collect();
+            return Some(Path::from_iter(parts));
+        }
+        Some(Path::from(rest))
     }
 
     /// Writes a whole object at once, replacing any object at that path (idempotent).
@@ -258,6 +243,11 @@ impl Store {
         self.inner.get(path).await?.bytes().await
     }
 
+    /// For a local directory: its file system and durable-write state.
+    pub(crate) fn local(&self) -> Option<&(Arc<LocalFileSystem>, Arc<LocalDir>)> {
+        self.local.as_ref()
+    }
+
     /// The underlying object store.
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.inner
@@ -275,60 +265,6 @@ async fn blocking(
             store: "LocalFileSystem",
             source: Box::new(e),
         })
-}
-
-/// Checks, before anything is stored, that a local store directory can hold a snapshot:
-/// the path is (or can be made) a directory, a file can be written in it, and it tells
-/// names apart by case — npm has names that differ only in case (`LiveScript` and
-/// `livescript`), which would share one file on a case-insensitive volume (the default on
-/// macOS and Windows). Creates the directory if it is missing.
-pub fn check_writable_and_case_sensitive(dir: &std::path::Path) -> Result<(), StoreError> {
-    check_store_dir(dir, |p| std::fs::symlink_metadata(p).is_ok())
-}
-
-/// [`check_writable_and_case_sensitive`] with the lookup injected: `exists` says whether a
-/// path names a file (a case-insensitive volume finds a file under another case).
-fn check_store_dir(
-    dir: &std::path::Path,
-    exists: impl Fn(&std::path::Path) -> bool,
-) -> Result<(), StoreError> {
-    let unusable = |reason: String| StoreError::Unusable {
-        path: dir.display().to_string(),
-        reason,
-    };
-    if dir.exists() && !dir.is_dir() {
-        return Err(unusable(
-            "it is a file, not a directory; give a directory (it is created if missing) with --store".into(),
-        ));
-    }
-    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-        path: dir.display().to_string(),
-        source,
-    })?;
-    // Unique per call, so checks running at once (two leases, two processes) never
-    // remove each other's probe.
-    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let probe = format!(".alldocs-probe-{}-{n}-CaseProbe", std::process::id());
-    let upper = dir.join(&probe);
-    std::fs::write(&upper, b"").map_err(|e| {
-        unusable(format!(
-            "cannot write a file in it ({e}); give a writable directory with --store"
-        ))
-    })?;
-    let folded = exists(&dir.join(probe.to_lowercase()));
-    let _ = std::fs::remove_file(&upper);
-    if folded {
-        return Err(unusable(
-            "its file system does not tell names apart by case, and npm has packages whose \
-             names differ only in case (`LiveScript` and `livescript`), which would overwrite \
-             each other; put the store on a case-sensitive volume (e.g. a case-sensitive APFS \
-             volume on macOS, a directory with case sensitivity enabled on Windows) or use \
-             --store gs://BUCKET/PREFIX or s3://BUCKET/PREFIX"
-                .into(),
-        ));
-    }
-    Ok(())
 }
 
 fn with_prefix<S: ObjectStore>(store: S, prefix: &str) -> Arc<dyn ObjectStore> {
@@ -362,6 +298,7 @@ pub fn index_path(partition: &str) -> Path {
 
 #[cfg(test)]
 mod tests {
+    use super::location::check_store_dir;
     use super::*;
 
     #[test]

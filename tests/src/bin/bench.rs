@@ -53,8 +53,12 @@ use tokio::sync::oneshot;
 mod ceiling;
 #[path = "bench/checkpoint.rs"]
 mod checkpoint;
+#[path = "bench/compression.rs"]
+mod compression;
 #[path = "bench/rounds.rs"]
 mod rounds;
+#[path = "bench/store.rs"]
+mod store;
 use ceiling::{Ceiling, NpmCrawl};
 
 /// How often the peak RSS of a child process is sampled.
@@ -125,10 +129,24 @@ struct Args {
     /// Run the coordinator with --index-only (plan and index; no packument is fetched).
     #[arg(long)]
     index_only: bool,
+    /// The store layout of the runs (the coordinator's --layout).
+    #[arg(long, default_value = "packs", value_parser = ["packs", "files"])]
+    layout: String,
+    /// With --layout packs, skip the same run in the files layout that follows run 2.
+    #[arg(long)]
+    no_files_run: bool,
+    /// Skip the fetch-only comparison with `wrk` on the same simulator.
+    #[arg(long)]
+    no_wrk: bool,
     /// Instead of a run: index N names into a fresh checkpoint and store them all through
     /// leases (the real SQLite checkpoint, no fetcher), and report events per second.
     #[arg(long, value_name = "N")]
     checkpoint_events: Option<usize>,
+    /// Instead of a run: the store's bytes against the raw ones, each packument its own
+    /// zstd frame as in a pack, over the real fixtures and --packages simulated ones of
+    /// --mean-bytes; and with a zstd dictionary trained on half of each set.
+    #[arg(long)]
+    compression: bool,
 }
 
 /// The coordinator's defaults for --max-in-flight and --concurrency: their product is
@@ -168,6 +186,22 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(n) = args.checkpoint_events {
         return checkpoint_bench(n, args.json).await;
+    }
+    if args.compression {
+        return match compression::run(args.mean_bytes, args.packages) {
+            Ok(r) if args.json => {
+                println!("{}", serde_json::to_string(&r).expect("figures serialize"));
+                ExitCode::SUCCESS
+            }
+            Ok(r) => {
+                print!("{}", compression::table(&r));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("bench: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     match bench(&args).await {
         Ok(report) => {
@@ -239,6 +273,11 @@ struct Report {
     index_rows: usize,
     spot_checked: usize,
     spot_mismatches: Vec<String>,
+    store: store::Figures,
+    /// With --layout packs: the same pipeline in the files layout, after run 2.
+    files_run: Option<(RunOutcome, StatsSnapshot)>,
+    /// wrk's requests per second on the same simulator (or why there is none).
+    wrk: Option<Result<f64, String>>,
     failures: Vec<String>,
     workdir: Option<PathBuf>,
 }
@@ -278,16 +317,36 @@ async fn bench(args: &Args) -> Result<Report> {
     let first_stats = delta(&before, &sim.stats());
 
     eprintln!("bench: verifying the store…");
-    let stored_files = count_files(&store.join("packuments"))?;
     let index_rows = count_index_rows(&store.join("index"))?;
     let samples = if args.index_only { 0 } else { 100 };
-    let (spot_checked, spot_mismatches) = spot_check(&registry, &store.join("packuments"), samples);
+    let store_figures = store::measure(
+        &bins.coordinator,
+        &workdir,
+        &registry,
+        samples,
+        !args.index_only,
+    )?;
 
     settle(&workdir).await;
     let before = sim.stats();
     // Nothing changed at the origin, so this run must fetch nothing.
     let second = run(2, "incremental, same checkpoint").await?;
     let second_stats = delta(&before, &sim.stats());
+    let files_run = files_run(args, &bins, &sim, &workdir, &fetchers, &env).await?;
+    let wrk = if args.no_wrk || args.index_only {
+        None
+    } else {
+        settle(&workdir).await;
+        eprintln!("bench: wrk, fetch only…");
+        let secs = store::wrk_seconds(first.wall);
+        Some(store::wrk(
+            &sim_url,
+            &registry,
+            in_flight(args),
+            secs,
+            &workdir,
+        ))
+    };
 
     let (mut fetcher_peak_rss_kb, mut fetcher_cpu) = (Vec::new(), Vec::new());
     for f in fetchers {
@@ -315,16 +374,46 @@ async fn bench(args: &Args) -> Result<Report> {
         npm,
         rounds: all_rounds,
         notes,
-        stored_files,
+        stored_files: store_figures.stored,
         index_rows,
-        spot_checked,
-        spot_mismatches,
+        spot_checked: store_figures.spot_checked,
+        spot_mismatches: store_figures.spot_mismatches.clone(),
+        store: store_figures,
+        files_run,
+        wrk,
         failures: Vec::new(),
         workdir: None,
     };
     report.failures = report.failed_checks();
     report.workdir = report.keep_or_remove(workdir, args.keep)?;
     Ok(report)
+}
+
+/// With `--layout packs`: the same pipeline once more in the files layout, on a fresh
+/// checkpoint and store, so that the two layouts are measured in one run.
+async fn files_run(
+    args: &Args,
+    bins: &Binaries,
+    sim: &SimServer,
+    workdir: &Path,
+    fetchers: &[FetcherProcess],
+    env: &[(&str, &str)],
+) -> Result<Option<(RunOutcome, StatsSnapshot)>> {
+    if args.layout != "packs" || args.no_files_run || args.index_only {
+        return Ok(None);
+    }
+    let dir = store::subdir(workdir, "files-run")?;
+    let mut run_args = coordinator_args(args, &sim.url(), &dir, &dir.join("data"), fetchers);
+    if let Some(at) = run_args.iter().position(|a| a == "--layout") {
+        run_args[at + 1] = "files".into();
+    }
+    settle(workdir).await;
+    eprintln!("bench: run 3 (the same in the files layout)…");
+    let before = sim.stats();
+    let log = dir.join("coordinator.log");
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let outcome = run_coordinator(&bins.coordinator, &run_args, env, &log, timeout).await?;
+    Ok(Some((outcome, delta(&before, &sim.stats()))))
 }
 
 /// The rounds before the last (`--rounds`), each in its own directory under `workdir`.
@@ -446,6 +535,8 @@ fn coordinator_args(
         workdir.join("alldocs.sqlite").into(),
         "--store".into(),
         store.into(),
+        "--layout".into(),
+        args.layout.as_str().into(),
         "--rate-limit".into(),
         "0".into(),
         "--progress".into(),
@@ -856,29 +947,6 @@ async fn poll_progress(
 // ---------------------------------------------------------------------------------------------
 // Verification.
 
-/// Regular files under `dir`, recursively (0 if it does not exist).
-fn count_files(dir: &Path) -> Result<usize> {
-    let mut count = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                stack.push(entry.path());
-            } else if kind.is_file() {
-                count += 1;
-            }
-        }
-    }
-    Ok(count)
-}
-
 /// Non-empty lines over all `*.jsonl` files in `dir`.
 fn count_index_rows(dir: &Path) -> Result<usize> {
     let mut rows = 0;
@@ -890,33 +958,6 @@ fn count_index_rows(dir: &Path) -> Result<usize> {
         }
     }
     Ok(rows)
-}
-
-/// Compares about `samples` stored packuments, spread evenly over the sorted names (so
-/// scoped, uppercase and digit names are all included), byte for byte with what the
-/// registry serves. Returns how many were checked and the names that differ.
-fn spot_check(registry: &Registry, packuments: &Path, samples: usize) -> (usize, Vec<String>) {
-    let served: Vec<&str> = registry
-        .names()
-        .filter(|n| !registry.is_missing(n))
-        .collect();
-    if samples == 0 {
-        return (0, Vec::new());
-    }
-    let step = (served.len() / samples).max(1);
-    let mut checked = 0;
-    let mut mismatches = Vec::new();
-    for name in served.iter().step_by(step).take(samples) {
-        checked += 1;
-        let path = packuments.join(format!("{name}.json"));
-        let expected = registry.document(name, false);
-        match std::fs::read(&path) {
-            Ok(bytes) if Some(&bytes) == expected.as_ref() => {}
-            Ok(_) => mismatches.push(format!("{name} (bytes differ)")),
-            Err(e) => mismatches.push(format!("{name} ({e})")),
-        }
-    }
-    (checked, mismatches)
 }
 
 /// The last `n` lines of a log file.
@@ -971,9 +1012,17 @@ impl Report {
         let expected = self.expected_stored;
         if self.stored_files != expected {
             failures.push(format!(
-                "{} files under data/packuments, expected {expected}",
+                "{} packuments stored, expected {expected}",
                 self.stored_files
             ));
+        }
+        if let Some((run, _)) = &self.files_run {
+            if !run.status.success() {
+                failures.push(format!(
+                    "run 3 (files): coordinator exited with {}",
+                    run.status
+                ));
+            }
         }
         if self.index_rows != self.packages {
             failures.push(format!(
@@ -1170,8 +1219,31 @@ impl Report {
     fn checks_table(&self, t: &mut Table) {
         t.section("verification");
         t.row(
-            "files under data/packuments",
+            "packuments stored (checkpoint)",
             format!("{} (expected {})", self.stored_files, self.expected_stored),
+        );
+        let s = &self.store;
+        t.row("objects holding them (packs or files)", s.objects);
+        t.row(
+            "store bytes / raw bytes",
+            format!("{} / {} = {:.3}", s.store_bytes, s.raw_bytes, s.ratio()),
+        );
+        t.row("show of one name, median", opt(s.show_ms_median, 1) + " ms");
+        t.row(
+            "export --order packs: s, raw MB/s",
+            format!(
+                "{}, {}",
+                opt(s.export_packs_seconds, 2),
+                opt(s.export_packs_mb_per_second, 0)
+            ),
+        );
+        t.row(
+            "export (key order): s, raw MB/s",
+            format!(
+                "{}, {}",
+                opt(s.export_key_seconds, 2),
+                opt(s.export_key_mb_per_second, 0)
+            ),
         );
         t.row(
             "rows in data/index/*.jsonl",
@@ -1234,9 +1306,53 @@ impl Report {
                 format!("{} / {} / {}", n.fetched, n.missing, n.failed),
             );
         }
+        if let Some(Ok(rps)) = &self.wrk {
+            t.section("wrk: fetch only, same simulator, same requests in flight");
+            t.row("requests/s", format!("{rps:.0}"));
+            t.row(
+                "ratio_to_wrk (pipeline packuments/s)",
+                opt(self.ratio_to_wrk(), 2),
+            );
+        }
+        if let Some((run, stats)) = &self.files_run {
+            t.section("run 3: the same pipeline in the files layout");
+            t.row("exit code", exit_code(run.status));
+            t.row(
+                "packuments/s",
+                format!("{:.0}", per_sec(stats.packuments_served, run.wall)),
+            );
+            t.row(
+                "CPU s per 1,000 packuments: coordinator",
+                opt(self.cpu_per_1000(run.cpu), 3),
+            );
+            t.row(
+                "  of which its checkpoint thread (SQLite)",
+                opt(self.cpu_per_1000(run.checkpoint_cpu), 3),
+            );
+            t.row(
+                "ratio packs / files (packuments/s)",
+                opt(self.ratio_packs_to_files(), 2),
+            );
+        }
         for note in &self.notes {
             t.row("note", note);
         }
+        if let Some(Err(why)) = &self.wrk {
+            t.row("note", why);
+        }
+    }
+
+    fn ratio_to_wrk(&self) -> Option<f64> {
+        match &self.wrk {
+            Some(Ok(rps)) if *rps > 0.0 => Some(self.packuments_per_sec() / rps),
+            _ => None,
+        }
+    }
+
+    fn ratio_packs_to_files(&self) -> Option<f64> {
+        let (run, stats) = self.files_run.as_ref()?;
+        let files = per_sec(stats.packuments_served, run.wall);
+        (files > 0.0).then(|| self.packuments_per_sec() / files)
     }
 
     fn comparisons_json(&self) -> serde_json::Value {
@@ -1305,6 +1421,17 @@ impl Report {
             "incremental_run": run(&self.second, &self.second_stats),
             "fetcher_peak_rss_kib": self.fetcher_peak_rss_kb,
             "bench_peak_rss_kib": self.bench_peak_rss_kb,
+            "store": self.store,
+            "store_ratio": self.store.ratio(),
+            "wrk_requests_per_second": self.wrk.as_ref().and_then(|w| w.as_ref().ok()),
+            "ratio_to_wrk": self.ratio_to_wrk(),
+            "files_run": self.files_run.as_ref().map(|(r, s)| json!({
+                "wall_seconds": secs(r.wall),
+                "packuments_per_second": per_sec(s.packuments_served, r.wall),
+                "coordinator_cpu_seconds_per_1000": self.cpu_per_1000(r.cpu),
+                "checkpoint_thread_cpu_seconds_per_1000": self.cpu_per_1000(r.checkpoint_cpu),
+            })),
+            "ratio_packs_to_files": self.ratio_packs_to_files(),
             "verification": {
                 "stored_files": self.stored_files,
                 "index_rows": self.index_rows,

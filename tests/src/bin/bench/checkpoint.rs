@@ -62,6 +62,7 @@ pub async fn run(n: usize, dir: &Path) -> Result<Figures> {
         store: "memory://checkpoint-bench".into(),
         pivots: Vec::new(),
         accept: "full".into(),
+        layout: None,
     };
     let plan = partitions::<String>(&[]);
     let (ck, _) = Checkpoint::open(&dir.join("checkpoint-bench.sqlite"), &identity, &plan, 3)?;
@@ -152,6 +153,7 @@ async fn store_all(ck: Checkpoint) -> Result<u64> {
                         bytes: 4_000,
                         doc_rev: rev.clone(),
                         etag: String::new(),
+                        ..Default::default()
                     })
                 })
                 .collect();
