@@ -67,6 +67,61 @@ impl PackObject {
     }
 }
 
+/// Raw bytes decoded at a time by a walk through a pack: what it holds in memory beyond
+/// the pack itself (and one packument larger than this).
+pub const BATCH_BYTES: u64 = 16 << 20;
+
+/// Batches under this many raw bytes are decoded on the calling thread alone.
+const PARALLEL_FROM: u64 = 128 << 10;
+
+impl PackObject {
+    /// The packuments of `batch` (indexes into the trailer's entries, each with what the
+    /// checkpoint records of it), decoded and checked against their digests, in order:
+    /// split by bytes across the machine's cores (up to four), since decoding and hashing
+    /// small frames, not reading, is what a walk through packs spends its time on.
+    pub fn decode(&self, batch: &[(usize, Live)]) -> Vec<Result<Bytes, PackError>> {
+        let one = |(i, live): &(usize, Live)| {
+            let e = &self.trailer.entries[*i];
+            let frame = self.frame(e.offset, e.length, &e.name)?;
+            pack::decode(
+                frame,
+                &e.name,
+                &self.uri,
+                live.bytes,
+                live.sha256.as_deref().unwrap_or_default(),
+            )
+        };
+        let total: u64 = batch.iter().map(|(_, l)| l.bytes).sum();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        if threads < 2 || batch.len() < 2 || total < PARALLEL_FROM {
+            return batch.iter().map(one).collect();
+        }
+        // Cut where each part holds about its share of the bytes.
+        let mut parts = Vec::with_capacity(threads);
+        let (mut start, mut acc) = (0, 0);
+        for (at, (_, live)) in batch.iter().enumerate() {
+            acc += live.bytes;
+            if acc * threads as u64 >= total * (parts.len() as u64 + 1) && parts.len() + 1 < threads
+            {
+                parts.push(&batch[start..=at]);
+                start = at + 1;
+            }
+        }
+        parts.push(&batch[start..]);
+        std::thread::scope(|s| {
+            let rest: Vec<_> = parts[1..]
+                .iter()
+                .map(|part| s.spawn(|| part.iter().map(one).collect::<Vec<_>>()))
+                .collect();
+            let mut out: Vec<_> = parts[0].iter().map(one).collect();
+            for h in rest {
+                out.extend(h.join().expect("a decoding thread does not panic"));
+            }
+            out
+        })
+    }
+}
+
 /// Every pack of the checkpoint, in the order they were sealed: (id, uri, bytes).
 pub fn packs(conn: &Connection) -> rusqlite::Result<Vec<(i64, String, u64)>> {
     let mut stmt = conn.prepare("SELECT id, uri, bytes FROM packs ORDER BY id")?;
@@ -132,5 +187,74 @@ impl<'c> Liveness<'c> {
             }
             _ => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alldocs_fetcher::store::pack::Entry;
+
+    /// A pack of `docs` as the fetcher writes it, with what the checkpoint would record.
+    fn pack_of(docs: &[Vec<u8>]) -> (PackObject, Vec<(usize, Live)>) {
+        let (mut bytes, mut entries, mut live) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, doc) in docs.iter().enumerate() {
+            let frame = pack::compress(doc).unwrap();
+            entries.push(Entry {
+                name: format!("p{i}"),
+                offset: bytes.len() as u64,
+                length: frame.len() as u64,
+                raw_length: doc.len() as u64,
+                sha256: pack::sha256_hex(doc),
+            });
+            live.push((
+                i,
+                Live {
+                    sha256: Some(hex::decode(pack::sha256_hex(doc)).unwrap()),
+                    bytes: doc.len() as u64,
+                    stored: true,
+                },
+            ));
+            bytes.extend_from_slice(&frame);
+        }
+        let trailer = Trailer::new(entries);
+        let pack = PackObject {
+            id: 1,
+            uri: "memory://t/packs/a.pack".into(),
+            bytes: Bytes::from(bytes),
+            trailer,
+        };
+        (pack, live)
+    }
+
+    #[test]
+    fn a_batch_decoded_across_threads_comes_back_in_order_with_a_bad_frame_where_it_is() {
+        // Sizes that vary, so the parts split by bytes hold different counts.
+        let docs: Vec<Vec<u8>> = (0..400)
+            .map(|i| {
+                format!(
+                    "{{\"name\":\"p{i}\",\"pad\":\"{}\"}}",
+                    "x".repeat(100 + (i * 37) % 5000)
+                )
+                .into_bytes()
+            })
+            .collect();
+        let (pack, mut live) = pack_of(&docs);
+        assert!(live.iter().map(|(_, l)| l.bytes).sum::<u64>() > PARALLEL_FROM);
+        let decoded = pack.decode(&live);
+        assert_eq!(decoded.len(), docs.len());
+        for (got, want) in decoded.iter().zip(&docs) {
+            assert_eq!(got.as_ref().unwrap().as_ref(), &want[..]);
+        }
+        // A wrong digest recorded for one entry fails that entry alone, at its place.
+        live[321].1.sha256 = Some(vec![0; 32]);
+        let decoded = pack.decode(&live);
+        for (i, got) in decoded.iter().enumerate() {
+            match got {
+                Err(e) if i == 321 => assert!(e.to_string().contains("p321"), "{e}"),
+                Ok(raw) if i != 321 => assert_eq!(raw.as_ref(), &docs[i][..]),
+                other => panic!("entry {i}: {other:?}"),
+            }
+        }
     }
 }

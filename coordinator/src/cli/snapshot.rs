@@ -228,26 +228,24 @@ fn walk(
     let mut live = Liveness::new(conn)?;
     for (id, uri, _) in packs(conn)? {
         let pack = rt.block_on(PackObject::read(store, id, &uri))?;
-        for e in &pack.trailer.entries {
-            let Some(Live {
-                sha256,
-                bytes,
-                stored: true,
-            }) = live.of(&e.name, id, e.offset)?
-            else {
-                continue;
-            };
-            let frame = pack.frame(e.offset, e.length, &e.name)?;
-            let raw = pack::decode(
-                frame,
-                &e.name,
-                &uri,
-                bytes,
-                sha256.as_deref().unwrap_or_default(),
-            )?;
-            if !each(&e.name, &raw, sha256.is_some())? {
-                return Ok(());
+        let (mut batch, mut batch_bytes) = (Vec::new(), 0);
+        for (at, e) in pack.trailer.entries.iter().enumerate() {
+            match live.of(&e.name, id, e.offset)? {
+                Some(l) if l.stored => {
+                    batch_bytes += l.bytes;
+                    batch.push((at, l));
+                }
+                _ => continue,
             }
+            if batch_bytes >= super::packs::BATCH_BYTES {
+                if !emit(&pack, &batch, each)? {
+                    return Ok(());
+                }
+                (batch, batch_bytes) = (Vec::new(), 0);
+            }
+        }
+        if !emit(&pack, &batch, each)? {
+            return Ok(());
         }
     }
     let mut stmt = conn.prepare(crate::checkpoint::STORED_FILES)?;
@@ -265,6 +263,22 @@ fn walk(
         }
     }
     Ok(())
+}
+
+/// Decodes a batch of a pack's live entries and hands them to `each` in order; whether
+/// to go on.
+fn emit(
+    pack: &PackObject,
+    batch: &[(usize, Live)],
+    each: &mut impl FnMut(&str, &[u8], bool) -> anyhow::Result<bool>,
+) -> anyhow::Result<bool> {
+    for ((at, live), raw) in batch.iter().zip(pack.decode(batch)) {
+        let raw = raw?;
+        if !each(&pack.trailer.entries[*at].name, &raw, live.sha256.is_some())? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// A row of [`crate::checkpoint::STORED_LOCATIONS`].
