@@ -21,7 +21,7 @@ use alldocs_coordinator::{
 };
 use alldocs_proto::v1::{fetch_event::Event, fetcher_client::FetcherClient};
 use alldocs_tests::{
-    coord::{checkpoint_statuses, job_args, stored_files, wait_until},
+    coord::{checkpoint_statuses, job_args, pack_files, stored_files, wait_until},
     procs::{free_port, Listening},
     py::{python_env, reflect_call, reflect_list},
     sim::{SimConfig, SimServer},
@@ -364,10 +364,9 @@ async fn image_run_stores_every_packument() -> Result<()> {
         );
     }
     assert_eq!(sim.stats().packument_requests, 300);
-    let first = std::fs::read_dir(store.1.join("data/packuments"))?
-        .next()
-        .context("no packument")??;
-    let owner = std::os::unix::fs::MetadataExt::uid(&first.metadata()?);
+    let packs = pack_files(&store.1.join("data"));
+    let first = packs.first().context("no pack")?;
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(first)?);
     assert_eq!(owner, UID, "objects are written by the container's user");
     Ok(())
 }
