@@ -428,8 +428,8 @@ async fn failures_are_reported_and_retry_failed_fetches_them() -> anyhow::Result
         .into_inner();
     assert_eq!(p.packuments_done, 30);
 
-    // `run` with failures exits 1 and its summary says what failed and how to retry.
-    run_with_failures_exits_1_and_says_how_to_retry(&opts).await?;
+    // `run` with failures exits 3 and its summary says what failed and how to retry.
+    run_with_failures_exits_3_and_says_how_to_retry(&opts).await?;
     Ok(())
 }
 
@@ -598,8 +598,8 @@ async fn a_checkpoint_of_other_settings_is_refused_and_untouched(
     Ok(())
 }
 
-/// `run` with failures exits 1 and its summary says what failed and how to retry.
-async fn run_with_failures_exits_1_and_says_how_to_retry(opts: &[&str]) -> anyhow::Result<()> {
+/// `run` with failures exits 3 and its summary says what failed and how to retry.
+async fn run_with_failures_exits_3_and_says_how_to_retry(opts: &[&str]) -> anyhow::Result<()> {
     let sim = SimServer::start(
         "127.0.0.1:0".parse()?,
         SimConfig {
@@ -616,7 +616,7 @@ async fn run_with_failures_exits_1_and_says_how_to_retry(opts: &[&str]) -> anyho
         &job_args("run", dir.path(), &sim.url(), opts),
         &[],
     )?;
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 3, "finished with failed items: {out}");
     assert!(out.contains("12 failed"), "{out}");
     assert!(
         out.contains("HTTP 503") && out.contains("RetryFailed"),

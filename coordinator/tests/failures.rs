@@ -226,7 +226,7 @@ async fn an_unreachable_replication_origin_fails_its_partitions_and_names_the_op
     let at = args.iter().position(|a| a == "--replicate-origin").unwrap();
     args[at + 1] = dead.clone();
     let (code, out, err) = run(&coordinator(), &args, &[("RUST_LOG", "info")])?;
-    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(code, 3, "finished with failed items: {out}{err}");
     assert!(
         out.contains(&format!(
             "2 partition(s) could not be indexed from --replicate-origin {dead}"

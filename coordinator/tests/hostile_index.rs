@@ -91,10 +91,11 @@ fn watch(mut child: Listening) -> anyhow::Result<(i32, String, u64)> {
     Ok((code, stdout, peak))
 }
 
-/// The common assertions for an origin that misbehaves: exit 1, the partition failed
+/// The common assertions for an origin that misbehaves: exit 3 (finished with failed
+/// items), the partition failed
 /// after both attempts with `reason`, the reason in the summary, and bounded memory.
 fn assert_refused(out: &Outcome, origin: &HostileOrigin, reason: &str) {
-    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.code, 3, "{out:?}");
     let (status, attempts, error) = &out.partition;
     assert_eq!((status.as_str(), *attempts), ("failed", 2), "{out:?}");
     assert!(error.contains(reason), "{error:?} names {reason:?}");

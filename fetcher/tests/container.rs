@@ -30,6 +30,7 @@ async fn serve(
     let (tx, rx) = oneshot::channel::<SocketAddr>();
     let stopped = async move {
         let _ = stop.await;
+        alldocs_fetcher::serve::telemetry::Signal::Terminate
     };
     let job = tokio::spawn(alldocs_coordinator::run::job::job(
         args,

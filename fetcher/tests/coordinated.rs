@@ -58,6 +58,7 @@ async fn serve(
         true,
         async move {
             let _ = stop.await;
+            alldocs_fetcher::serve::telemetry::Signal::Terminate
         },
         Some(tx),
     ));

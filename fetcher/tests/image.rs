@@ -413,6 +413,7 @@ async fn image_podman_stop_ends_the_fetcher_and_its_leases_cleanly() -> Result<(
         true,
         async move {
             let _ = stopped.await;
+            alldocs_fetcher::serve::telemetry::Signal::Terminate
         },
         Some(tx),
     ));

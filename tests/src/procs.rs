@@ -86,6 +86,17 @@ impl Listening {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends `signal` (`libc::SIGINT`, `libc::SIGTERM`, …) and returns at once.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id()).context("a pid")?;
+        // SAFETY: kill(2) on our own child, which has not been waited for (so its pid
+        // is still ours).
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// SIGKILL: the process gets no chance to tidy up.
     pub fn kill(&mut self) -> Result<()> {
         self.child.kill()?;

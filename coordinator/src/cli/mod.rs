@@ -70,7 +70,7 @@ pub struct StatusArgs {
 /// Runs a parsed command until it is done or `stop` resolves (a signal, in the binary).
 pub async fn execute(
     command: Command,
-    stop: impl std::future::Future<Output = ()> + Send,
+    stop: impl std::future::Future<Output = telemetry::Signal> + Send,
 ) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => crate::run::job::job(args, true, stop, None).await,

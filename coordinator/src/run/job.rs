@@ -5,7 +5,7 @@
 use std::{future::Future, net::SocketAddr, pin::Pin, process::ExitCode, sync::Arc};
 
 use alldocs_fetcher::{
-    serve::grpc,
+    serve::{grpc, telemetry::Signal},
     source::http::{redact, RetryPolicy},
     store::Store,
 };
@@ -31,12 +31,17 @@ use crate::{
     run::scheduler::Scheduler,
 };
 
+/// The exit code of a job that finished with items failed for good (listed in its
+/// summary and in `ListFailures`): everything else is stored, and `RetryFailed` or a
+/// rerun tries them again. 1 stays for a job stopped by an error.
+pub const FAILED_ITEMS: u8 = 3;
+
 /// Runs a job until it is done (`run`; or, for `serve`, until `stop`) and returns the exit
 /// code. `listening`, if given, learns the API's address once it is bound.
 pub async fn job(
     args: JobArgs,
     stay: bool,
-    stop: impl Future<Output = ()> + Send,
+    stop: impl Future<Output = Signal> + Send,
     listening: Option<oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<ExitCode> {
     if args.follow && !stay {
@@ -110,14 +115,14 @@ struct Running {
     tail: Option<Arc<Tail>>,
 }
 
-type Stop<'a> = Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>;
+type Stop<'a> = Pin<&'a mut (dyn Future<Output = Signal> + Send + 'a)>;
 
 /// How one pass of the scheduler ended.
 enum Ran {
     Done,
     /// Told to stop, but the work was done by then.
     DoneAsStopped,
-    Interrupted,
+    Interrupted(Signal),
 }
 
 impl Running {
@@ -199,7 +204,7 @@ impl Running {
         let mut summarized = false;
         loop {
             let finished_as_stopped = match self.run_once(stop.as_mut()).await? {
-                Ran::Interrupted => return Ok(self.interrupted()),
+                Ran::Interrupted(signal) => return Ok(self.interrupted(signal)),
                 Ran::Done => false,
                 Ran::DoneAsStopped => true,
             };
@@ -214,7 +219,7 @@ impl Running {
                 return Ok(if failed == 0 {
                     ExitCode::SUCCESS
                 } else {
-                    ExitCode::FAILURE
+                    ExitCode::from(FAILED_ITEMS)
                 });
             }
             let again = match self.tail.clone() {
@@ -274,28 +279,29 @@ impl Running {
             display_stopped,
         ));
         let outcome = tokio::select! {
-            result = self.scheduler.clone().run() => Some(result),
-            _ = stop => None,
+            result = self.scheduler.clone().run() => Ok(result),
+            signal = stop => Err(signal),
         };
         let _ = stop_display.send(());
         let _ = display.await;
         match outcome {
-            Some(result) => result.map(|_| Ran::Done),
-            None => {
+            Ok(result) => result.map(|_| Ran::Done),
+            Err(signal) => {
                 // Told to stop as the last lease was ending: if the checkpoint says the
                 // work is done, the run is finished, not interrupted.
                 let counts = self.service.checkpoint.call(|db| db.counts_now()).await?;
                 Ok(if counts.is_done() {
                     Ran::DoneAsStopped
                 } else {
-                    Ran::Interrupted
+                    Ran::Interrupted(signal)
                 })
             }
         }
     }
 
-    /// Stops in-process fetchers (their leases end cleanly) and says how to carry on.
-    fn interrupted(&self) -> ExitCode {
+    /// Stops in-process fetchers (their leases end cleanly) and says how to carry on; the
+    /// exit code says which signal stopped the job before it finished (130, 143).
+    fn interrupted(&self, signal: Signal) -> ExitCode {
         for f in self.scheduler.fetchers.all() {
             if let FetcherHandle::Local(svc) = f {
                 svc.stop();
@@ -305,7 +311,7 @@ impl Running {
             "interrupted: the checkpoint {} keeps everything finished so far; run the same command again to carry on",
             self.args.db.display()
         );
-        ExitCode::from(130)
+        ExitCode::from(signal.exit_code())
     }
 
     /// `serve` stays up when done, for watching and to run again when RetryFailed puts

@@ -28,8 +28,29 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
-/// Resolves when the process is told to stop: SIGTERM (Cloud Run, systemd) or Ctrl-C.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+/// The signal that told the process to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM (Cloud Run, systemd, `kill`).
+    Terminate,
+}
+
+impl Signal {
+    /// The exit code of a job this signal stopped before it finished: 128 + the signal's
+    /// number, as a shell reports a process the signal killed (130, 143).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Signal::Interrupt => 128 + 2,
+            Signal::Terminate => 128 + 15,
+        }
+    }
+}
+
+/// Resolves when the process is told to stop, SIGTERM (Cloud Run, systemd) or Ctrl-C,
+/// with which of them it was.
+pub fn shutdown_signal() -> impl std::future::Future<Output = Signal> {
     use tokio::signal::unix::{signal, SignalKind};
     // Installed now, not when first polled: a signal that arrives as soon as the process
     // says it listens is a clean shutdown, never the default (fatal) action.
@@ -37,8 +58,8 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
     async move {
         tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
+            _ = int.recv() => Signal::Interrupt,
+            _ = term.recv() => Signal::Terminate,
         }
     }
 }
