@@ -1,5 +1,5 @@
 //! The packed layout end to end, as a user meets it: `unpack` writes what a `files` run
-//! stores, a damaged pack is reported with the name and the pack (never as good bytes),
+//! stores (and `zstd -dc` reads a pack), a damaged pack is reported with the name and the pack (never as good bytes),
 //! a snapshot keeps its layout, and compaction stopped between any two of its steps
 //! leaves every stored package readable, the next compaction finishing the job.
 
@@ -100,6 +100,24 @@ async fn unpack_writes_exactly_what_a_files_run_stores() -> anyhow::Result<()> {
             registry.document(name, false),
             "{name}"
         );
+    }
+
+    // A pack is a plain zstd stream (its trailer is a skippable frame): the zstd tool
+    // prints its packuments, as the registry served them, one after another.
+    for pack in pack_files(&packed.path().join("data")) {
+        let out = std::process::Command::new("zstd")
+            .arg("-dc")
+            .arg(&pack)
+            .output()
+            .map_err(|e| anyhow::anyhow!("running zstd (Debian's zstd package): {e}"))?;
+        assert!(out.status.success(), "zstd -dc {}: {out:?}", pack.display());
+        let names: Vec<String> = unpack_file(&pack).into_iter().map(|(n, _)| n).collect();
+        let served: Vec<u8> = names
+            .iter()
+            .flat_map(|n| registry.document(n, false).expect("a served document"))
+            .collect();
+        assert!(!names.is_empty(), "{}", pack.display());
+        assert!(out.stdout == served, "zstd -dc {}", pack.display());
     }
     Ok(())
 }
