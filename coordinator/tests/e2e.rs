@@ -86,6 +86,28 @@ async fn run_against_pouchdb(
         }
         _ => assert!(packs.is_empty() && data.join("packuments").is_dir()),
     }
+    let bytes = assert_shown_as_served(peer, truth, dir.path(), &stored).await?;
+
+    assert_index_is_all_docs(&serve.url(), truth).await?;
+
+    // GetProgress is exact, read through an independent reflection client (as grpcurl
+    // would), over both reflection versions.
+    let n = truth.len() as u64;
+    assert_progress_through_reflection(&serve.addr, n, bytes)?;
+    assert_eq!(done.packuments_done, n);
+
+    // `coordinator status` tells a person the same.
+    assert_status_says_done(&serve.addr, n)?;
+    Ok(())
+}
+
+/// Each name's stored bytes and `show` of it are what `peer` serves; the bytes served.
+async fn assert_shown_as_served(
+    peer: &PouchServer,
+    truth: &[(String, String)],
+    dir: &std::path::Path,
+    stored: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> anyhow::Result<u64> {
     let http = reqwest::Client::new();
     let mut bytes = 0u64;
     for (name, _) in truth {
@@ -104,7 +126,7 @@ async fn run_against_pouchdb(
                 "show",
                 name,
                 "--db",
-                dir.path().join("alldocs.sqlite").to_str().unwrap(),
+                dir.join("alldocs.sqlite").to_str().unwrap(),
             ]),
             &[],
         )?;
@@ -114,9 +136,12 @@ async fn run_against_pouchdb(
             "show {name} gives the bytes served"
         );
     }
+    Ok(bytes)
+}
 
-    // The index, read partition by partition in plan order, is `_all_docs` exactly.
-    let mut client = CoordinatorClient::connect(serve.url()).await?;
+/// The index, read partition by partition in plan order, is `_all_docs` exactly.
+async fn assert_index_is_all_docs(url: &str, truth: &[(String, String)]) -> anyhow::Result<()> {
+    let mut client = CoordinatorClient::connect(url.to_string()).await?;
     let partitions = client
         .list_partitions(ListPartitionsRequest {})
         .await?
@@ -134,16 +159,27 @@ async fn run_against_pouchdb(
         truth,
         "the union of index objects is _all_docs, each id once"
     );
-
-    // GetProgress is exact, read through an independent reflection client (as grpcurl
-    // would), over both reflection versions.
-    let n = truth.len() as u64;
-    assert_progress_through_reflection(&serve.addr, n, bytes)?;
-    assert_eq!(done.packuments_done, n);
-
-    // `coordinator status` tells a person the same.
-    assert_status_says_done(&serve.addr, n)?;
     Ok(())
+}
+
+/// The packages the checkpoint in `dir` has committed as stored, each of them readable:
+/// no stored row points at a pack that is not whole (packs are written whole, then
+/// reported), so `export` gives every one.
+fn stored_and_readable(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let db = dir.join("alldocs.sqlite");
+    let stored: Vec<String> = checkpoint_statuses(&db)
+        .into_iter()
+        .filter(|(_, s)| s == "stored")
+        .map(|(n, _)| n)
+        .collect();
+    let (code, exported, err) = run(
+        &coordinator(),
+        &args(&["export", "--db", db.to_str().unwrap()]),
+        &[],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(exported.lines().count(), stored.len());
+    Ok(stored)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,29 +216,13 @@ async fn sigkill_mid_run_then_resume_finishes_without_refetching() -> anyhow::Re
     wait_until(&first.url(), |p| p.packuments_done >= 300).await?;
     first.kill()?; // SIGKILL: no chance to tidy up
 
-    // What the checkpoint had committed when it died.
-    let before = checkpoint_statuses(&dir.path().join("alldocs.sqlite"));
-    let stored_before: Vec<&String> = before
-        .iter()
-        .filter(|(_, s)| *s == "stored")
-        .map(|(n, _)| n)
-        .collect();
+    let stored_before = stored_and_readable(dir.path())?;
     assert!(
         stored_before.len() >= 300,
         "{} stored before the kill",
         stored_before.len()
     );
     assert!(stored_before.len() < 1500, "killed mid-run");
-    // Every package the checkpoint calls stored is readable: no stored row points at a
-    // pack that is not whole (packs are written whole, then reported).
-    let db = dir.path().join("alldocs.sqlite");
-    let (code, exported, err) = run(
-        &coordinator(),
-        &args(&["export", "--db", db.to_str().unwrap()]),
-        &[],
-    )?;
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(exported.lines().count(), stored_before.len());
 
     let second = Listening::start(
         &coordinator(),

@@ -5,9 +5,8 @@
 
 use std::{path::PathBuf, process::Stdio};
 
-use alldocs_proto::v1::{coordinator_client::CoordinatorClient, WatchProgressRequest};
 use alldocs_tests::{
-    coord::{checkpoint_statuses, job_args},
+    coord::{checkpoint_statuses, job_args, wait_until},
     procs::{run, Listening},
     sim::{SimConfig, SimServer},
 };
@@ -22,22 +21,6 @@ fn stored_in(db: &std::path::Path) -> u64 {
         .values()
         .filter(|s| *s == "stored")
         .count() as u64
-}
-
-/// Waits, on the coordinator's own progress stream, until some packuments are stored
-/// (their number, as the coordinator reports it).
-async fn until_partly_stored(url: &str) -> anyhow::Result<u64> {
-    let mut client = CoordinatorClient::connect(url.to_string()).await?;
-    let mut stream = client
-        .watch_progress(WatchProgressRequest { interval_ms: 50 })
-        .await?
-        .into_inner();
-    while let Some(p) = stream.message().await? {
-        if p.packuments_done > 0 {
-            return Ok(p.packuments_done);
-        }
-    }
-    anyhow::bail!("the progress stream ended before any packument was stored")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +43,9 @@ async fn a_run_stopped_by_sigint_or_sigterm_exits_130_or_143_and_the_same_comman
         let mut cmd = std::process::Command::new(coordinator());
         cmd.args(&slow).stdin(Stdio::null()).stderr(log);
         let job = Listening::start_command(cmd)?;
-        let stored = until_partly_stored(&job.url()).await?;
+        let stored = wait_until(&job.url(), |p| p.packuments_done > 0)
+            .await?
+            .packuments_done;
         job.signal(signal)?;
         let (exit, _) = tokio::task::spawn_blocking(move || job.wait()).await??;
         let stderr = std::fs::read_to_string(dir.path().join("stderr.log"))?;

@@ -35,10 +35,10 @@ fn coordinator() -> PathBuf {
     env!("CARGO_BIN_EXE_coordinator").into()
 }
 
-/// A small registry with at least one document larger than the fetcher holds in memory;
-/// served without gzip (nothing here is about gzip, and preparing it for documents this
-/// large takes the simulator most of a minute in a debug build).
-fn config_with_a_large_document() -> SimConfig {
+/// The first of a few small registries (served without gzip: nothing here is about gzip,
+/// and preparing it for documents this large takes the simulator most of a minute in a
+/// debug build) that has a document for which `large` holds.
+fn config_with(what: &str, large: impl Fn(&Registry, &str) -> bool) -> SimConfig {
     (1..100)
         .map(|seed| SimConfig {
             packages: 24,
@@ -49,36 +49,28 @@ fn config_with_a_large_document() -> SimConfig {
         })
         .find(|cfg| {
             let registry = Registry::new(cfg);
-            let large = registry
-                .names()
-                .any(|n| registry.document_len(n, false).unwrap_or(0) > SPILL_BYTES);
-            large
+            let found = registry.names().any(|n| large(&registry, n));
+            found
         })
-        .expect("some seed gives a document over 8 MiB")
+        .unwrap_or_else(|| panic!("some seed gives {what}"))
+}
+
+/// A registry with at least one document larger than the fetcher holds in memory.
+fn config_with_a_large_document() -> SimConfig {
+    config_with("a document over 8 MiB", |registry, n| {
+        registry.document_len(n, false).unwrap_or(0) > SPILL_BYTES
+    })
 }
 
 /// A registry with a document that, compressed as in a pack, is still over the size at
 /// which an upload goes multipart: its pack goes up in parts.
 fn config_with_a_large_pack() -> SimConfig {
-    (1..100)
-        .map(|seed| SimConfig {
-            packages: 24,
-            mean_bytes: 1_500_000,
-            seed,
-            gzip: false,
-            ..Default::default()
-        })
-        .find(|cfg| {
-            let registry = Registry::new(cfg);
-            let large = registry.names().any(|n| {
-                registry.document_len(n, false).unwrap_or(0) > 2 * REMOTE_BUFFER
-                    && registry.document(n, false).is_some_and(|doc| {
-                        zstd::bulk::compress(&doc, 1).is_ok_and(|c| c.len() > REMOTE_BUFFER)
-                    })
-            });
-            large
-        })
-        .expect("some seed gives a document over 8 MiB compressed")
+    config_with("a document over 8 MiB compressed", |registry, n| {
+        registry.document_len(n, false).unwrap_or(0) > 2 * REMOTE_BUFFER
+            && registry.document(n, false).is_some_and(|doc| {
+                zstd::bulk::compress(&doc, 1).is_ok_and(|c| c.len() > REMOTE_BUFFER)
+            })
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,6 +269,37 @@ fn without_google_credentials_a_gs_store_is_refused_saying_where_they_come_from(
     Ok(())
 }
 
+/// The packuments of every pack in the bucket, read through the emulator's JSON API, and
+/// how many packs are over 8 MiB (each holding one document); the bucket holds only packs
+/// and the index.
+async fn packed_bucket(gcs: &GcsServer) -> Result<(BTreeMap<String, Vec<u8>>, u64)> {
+    let objects = gcs.objects(BUCKET, PREFIX).await?;
+    let mut unpacked = BTreeMap::new();
+    let mut large_packs = 0u64;
+    for (key, object) in &objects {
+        let rest = key.strip_prefix(PREFIX).unwrap_or(key);
+        assert!(
+            rest.starts_with("index/") || (rest.starts_with("packs/") && rest.ends_with(".pack")),
+            "only packs and the index: {key}"
+        );
+        if rest.starts_with("packs/") {
+            let body = gcs.download(BUCKET, key).await?;
+            let entries = unpack_bytes(&body, key);
+            if body.len() > REMOTE_BUFFER {
+                large_packs += 1;
+                assert_eq!(
+                    entries.len(),
+                    1,
+                    "{key}: a document over --pack-bytes is alone in its pack"
+                );
+            }
+            assert_eq!(object.size, body.len() as u64, "{key}");
+            unpacked.extend(entries);
+        }
+    }
+    Ok((unpacked, large_packs))
+}
+
 /// With packs, the bucket holds packs and the index only: every pack, downloaded through
 /// the emulator's JSON API and decoded frame by frame, holds the registry's documents
 /// byte for byte (the large one in a pack of its own, uploaded in parts), and `show` and
@@ -304,30 +327,7 @@ async fn a_packed_snapshot_into_gcs_reads_back_byte_for_byte() -> Result<()> {
     );
     let (code, out, err) = run(&coordinator(), &job, &env)?;
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
-    let objects = gcs.objects(BUCKET, PREFIX).await?;
-    let mut unpacked = BTreeMap::new();
-    let mut large_packs = 0;
-    for (key, object) in &objects {
-        let rest = key.strip_prefix(PREFIX).unwrap_or(key);
-        assert!(
-            rest.starts_with("index/") || (rest.starts_with("packs/") && rest.ends_with(".pack")),
-            "only packs and the index: {key}"
-        );
-        if rest.starts_with("packs/") {
-            let body = gcs.download(BUCKET, key).await?;
-            let entries = unpack_bytes(&body, key);
-            if body.len() > REMOTE_BUFFER {
-                large_packs += 1;
-                assert_eq!(
-                    entries.len(),
-                    1,
-                    "{key}: a document over --pack-bytes is alone in its pack"
-                );
-            }
-            assert_eq!(object.size, body.len() as u64, "{key}");
-            unpacked.extend(entries);
-        }
-    }
+    let (unpacked, large_packs) = packed_bucket(&gcs).await?;
     let registry = sim.registry();
     assert_eq!(
         unpacked.len(),

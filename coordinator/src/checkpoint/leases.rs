@@ -120,11 +120,22 @@ impl Db {
         token: i64,
         max: usize,
     ) -> rusqlite::Result<Vec<(String, String)>> {
-        // Those in flight are pending too: look past them (a few thousand at most).
+        self.lease_pending(LEASE_PACKUMENTS, token, max)
+    }
+
+    /// Leases up to `max` of the (name, indexed revision) rows `sql` selects in order
+    /// (`LIMIT ?1`), skipping those already in a lease: they are pending too, so `sql` is
+    /// asked for that many more (a few thousand at most).
+    fn lease_pending(
+        &mut self,
+        sql: &str,
+        token: i64,
+        max: usize,
+    ) -> rusqlite::Result<Vec<(String, String)>> {
         let limit = max + self.in_flight.len();
         let rows: Vec<(String, String)> = self
             .conn
-            .prepare_cached(LEASE_PACKUMENTS)?
+            .prepare_cached(sql)?
             .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         let items: Vec<(String, String)> = rows
@@ -285,22 +296,12 @@ impl Db {
         token: i64,
         max: usize,
     ) -> rusqlite::Result<Vec<(String, String)>> {
-        let in_flight = self.in_flight.len();
-        let rows: Vec<(String, String)> = self
-            .conn
-            .prepare_cached(
-                "SELECT p.name, p.indexed_rev FROM wanted w JOIN packages p ON p.name = w.name
-                 WHERE p.status = 'pending' ORDER BY p.name LIMIT ?1",
-            )?
-            .query_map([(max + in_flight) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        let items: Vec<(String, String)> = rows
-            .into_iter()
-            .filter(|(n, _)| !self.in_flight.holds(n))
-            .take(max)
-            .collect();
-        self.in_flight.add(token, &items);
-        Ok(items)
+        self.lease_pending(
+            "SELECT p.name, p.indexed_rev FROM wanted w JOIN packages p ON p.name = w.name
+             WHERE p.status = 'pending' ORDER BY p.name LIMIT ?1",
+            token,
+            max,
+        )
     }
 
     /// How the wanted names ended: (listed, stored, missing, failed).

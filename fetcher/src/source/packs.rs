@@ -48,7 +48,6 @@ struct Open {
     /// response, would keep the allocator from reusing that memory (measured: 47 KB per
     /// packument held, over 200 MiB for a 5,000-packument lease).
     held: Vec<u8>,
-    opened: Instant,
     /// A write failed: every packument in it fails.
     broken: Option<String>,
 }
@@ -62,7 +61,9 @@ pub struct Packer {
     interval: Duration,
     next: AtomicU32,
     open: tokio::sync::Mutex<Option<Open>>,
-    /// When the open pack is due to be sealed (for the lease's timer).
+    /// When the open pack is due to be sealed: its first packument's time plus the
+    /// interval; set and cleared under `open`'s lock, readable without it (the lease's
+    /// timer).
     due: Mutex<Option<Instant>>,
     /// Packuments of broken packs, waiting to be reported failed.
     failed: Mutex<Vec<ItemFailed>>,
@@ -131,7 +132,6 @@ impl Packer {
             *open = Some(Open {
                 writer,
                 held: Vec::new(),
-                opened: Instant::now(),
                 broken: None,
             });
             *self.due.lock().expect("due") = Some(Instant::now() + self.interval);
@@ -139,12 +139,9 @@ impl Packer {
         let o = open.as_mut().expect("an open pack");
         let offset = o.writer.len();
         if let Err(e) = o.writer.write(frame).await {
-            let reason = store_error(&e.to_string(), o.writer.uri()).to_string();
-            o.broken = Some(reason.clone());
-            return Err(FetchError::Store {
-                uri: o.writer.uri().to_string(),
-                message: e.to_string(),
-            });
+            let err = store_error(&e.to_string(), o.writer.uri());
+            o.broken = Some(err.to_string());
+            return Err(err);
         }
         stored.pack_offset = offset;
         stored.pack_length = frame.len() as u64;
@@ -167,10 +164,7 @@ impl Packer {
     /// Seals the open pack if it is due ([`Packer::due`]).
     pub async fn seal_if_due(&self) -> Option<Sealed> {
         let mut open = self.open.lock().await;
-        if open
-            .as_ref()
-            .is_none_or(|o| o.opened + self.interval > Instant::now())
-        {
+        if open.is_none() || self.due().is_none_or(|due| due > Instant::now()) {
             return None;
         }
         let due = self.take(&mut open).expect("an open pack");
@@ -225,17 +219,9 @@ impl Packer {
         let uri = writer.uri().to_string();
         let mut stored = decode_held(&held);
         drop(held);
-        let entries = stored.iter().map(entry_of).collect();
-        for s in &mut stored {
-            s.uri.clone_from(&uri);
-        }
-        match seal_writer(writer, entries).await {
-            Ok(bytes) => Sealed {
-                pack: Some(PackSealed {
-                    uri,
-                    bytes,
-                    entries: stored.len() as u64,
-                }),
+        match seal_pack(writer, &mut stored).await {
+            Ok(pack) => Sealed {
+                pack: Some(pack),
                 stored,
                 failed: Vec::new(),
             },
@@ -267,6 +253,24 @@ fn entry_of(s: &PackumentStored) -> Entry {
         raw_length: s.bytes,
         sha256: hex::encode(&s.sha256),
     }
+}
+
+/// Seals a pack holding the frames of `stored` (their offsets and lengths set): writes
+/// their trailer, commits, and sets the pack's URI on each.
+pub async fn seal_pack(
+    writer: ObjectWriter,
+    stored: &mut [PackumentStored],
+) -> std::io::Result<PackSealed> {
+    let uri = writer.uri().to_string();
+    let bytes = seal_writer(writer, stored.iter().map(entry_of).collect()).await?;
+    for s in stored.iter_mut() {
+        s.uri.clone_from(&uri);
+    }
+    Ok(PackSealed {
+        uri,
+        bytes,
+        entries: stored.len() as u64,
+    })
 }
 
 /// Appends the trailer of `entries` and commits; returns the pack's size.

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use alldocs_proto::v1::{PackSealed, PackumentStored};
+use alldocs_proto::v1::PackumentStored;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use object_store::path::Path;
@@ -21,13 +21,9 @@ use super::{
 use crate::{
     source::{
         http::{redact, FetchError},
-        packs::{seal_writer, Packer, Sealed},
+        packs::{seal_pack, Packer, Sealed},
     },
-    store::{
-        object::ObjectWriter,
-        pack::{self, Entry},
-        packument_path, Store,
-    },
+    store::{object::ObjectWriter, pack, packument_path, Store},
 };
 
 /// Bodies above this are compressed on a blocking thread rather than in the task.
@@ -290,32 +286,20 @@ async fn seal_alone(
     sha256: Vec<u8>,
     dest: &Destination<'_>,
 ) -> Result<Kept, FetchError> {
-    let (uri, length) = (writer.uri().to_string(), writer.len());
-    let entry = Entry {
-        name: meta.name.clone(),
-        offset: 0,
-        length,
-        raw_length: len,
-        sha256: hex::encode(&sha256),
-    };
-    let bytes = seal_writer(writer, vec![entry])
+    let mut stored = vec![PackumentStored {
+        bytes: len,
+        doc_rev: rev.unwrap_or_default(),
+        sha256,
+        pack_offset: 0,
+        pack_length: writer.len(),
+        ..meta
+    }];
+    let pack = seal_pack(writer, &mut stored)
         .await
         .map_err(|e| dest.store_err(e))?;
     Ok(Kept::Sealed(Sealed {
-        pack: Some(PackSealed {
-            uri: uri.clone(),
-            bytes,
-            entries: 1,
-        }),
-        stored: vec![PackumentStored {
-            uri,
-            bytes: len,
-            doc_rev: rev.unwrap_or_default(),
-            sha256,
-            pack_offset: 0,
-            pack_length: length,
-            ..meta
-        }],
+        pack: Some(pack),
+        stored,
         failed: Vec::new(),
     }))
 }
