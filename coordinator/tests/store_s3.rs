@@ -107,22 +107,23 @@ async fn snapshot_into_s3(s3: &S3Server, sim: &SimServer, layout: &str) -> Resul
 
     // Every object, downloaded with an independent S3 client (boto3), is the registry's
     // document byte for byte.
-    let copy = tempfile::tempdir()?;
-    let python = alldocs_tests::py::python_env()?;
-    let (code, _, err) = run(
-        &python,
-        &args(&[
-            "-c",
-            DOWNLOAD,
-            &s3.url,
-            "snapshots",
-            &format!("{prefix}/"),
-            copy.path().to_str().unwrap(),
-        ]),
-        &[],
-    )?;
-    assert_eq!(code, 0, "{err}");
+    let copy = download(s3, &prefix)?;
     assert_copy_is_the_registry(copy.path(), sim.registry())?;
+
+    if layout == "packs" {
+        // `unpack --to s3://…` writes the files layout into the bucket.
+        let to = format!("s3://snapshots/{prefix}-unpacked");
+        let db = dir.path().join("alldocs.sqlite");
+        let unpack = args(&["unpack", "--db", db.to_str().unwrap(), "--to", &to]);
+        let (code, out, err) = run(coordinator, &unpack, &env)?;
+        assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+        let unpacked = download(s3, &format!("{prefix}-unpacked"))?;
+        assert!(
+            unpacked.path().join("packuments").is_dir() && !unpacked.path().join("packs").exists(),
+            "one object per packument"
+        );
+        assert_copy_is_the_registry(unpacked.path(), sim.registry())?;
+    }
 
     let conn = rusqlite::Connection::open(dir.path().join("alldocs.sqlite"))?;
     let uri: String = conn.query_row(
@@ -138,6 +139,26 @@ async fn snapshot_into_s3(s3: &S3Server, sim: &SimServer, layout: &str) -> Resul
     };
     assert!(uri.starts_with(&format!("{store}/{objects}/")), "{uri}");
     Ok(())
+}
+
+/// Every object under `prefix/` of the bucket, downloaded with boto3 into a new directory.
+fn download(s3: &S3Server, prefix: &str) -> Result<tempfile::TempDir> {
+    let copy = tempfile::tempdir()?;
+    let python = alldocs_tests::py::python_env()?;
+    let (code, _, err) = run(
+        &python,
+        &args(&[
+            "-c",
+            DOWNLOAD,
+            &s3.url,
+            "snapshots",
+            &format!("{prefix}/"),
+            copy.path().to_str().unwrap(),
+        ]),
+        &[],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    Ok(copy)
 }
 
 /// A bucket that does not exist is refused before a checkpoint is made.

@@ -278,3 +278,26 @@ pub fn request_limit(rate: f64) -> String {
 pub fn to_json(p: &Progress) -> serde_json::Value {
     serde_json::to_value(p).expect("Progress serializes")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_line_says_how_many_packuments_have_no_digest_after_a_migration() {
+        let migrated = Progress {
+            layout: "files".into(),
+            packuments_without_digest: 3,
+            ..Default::default()
+        };
+        assert_eq!(
+            store_line(&migrated),
+            "files: one object per packument; 3 stored before digests were recorded (checked once fetched again)"
+        );
+        let fresh = Progress {
+            layout: "files".into(),
+            ..Default::default()
+        };
+        assert_eq!(store_line(&fresh), "files: one object per packument");
+    }
+}
