@@ -77,7 +77,7 @@ if sys.argv[2] != "--any-version":
         if have != want.strip():
             bad.append(f"{name.strip()}: want {want.strip()}, have {have}")
 try:
-    import grpc, google.protobuf.json_format
+    import grpc, google.protobuf.json_format, duckdb, pyarrow.parquet
     import grpc_reflection.v1alpha.proto_reflection_descriptor_database
 except ImportError as e:
     bad.append(str(e))
@@ -197,9 +197,16 @@ fn run_quietly(cmd: &mut Command, what: &str) -> Result<()> {
 
 /// Runs the reflection client with `args`, killing it after `limit`; its stdout on success.
 pub fn run_script(args: &[&str], limit: Duration) -> Result<String> {
+    run_py(&script(), args, limit)
+}
+
+/// Runs the script `tests/py/<script>` (or a path) with `args` in the venv, killing it
+/// after `limit`; its stdout on success.
+pub fn run_py(script: &Path, args: &[&str], limit: Duration) -> Result<String> {
+    let script = py_dir().join(script);
     let python = python_env()?;
     let mut child = Command::new(&python)
-        .arg(script())
+        .arg(&script)
         .args(args)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")
@@ -207,7 +214,7 @@ pub fn run_script(args: &[&str], limit: Duration) -> Result<String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting {} {}", python.display(), script().display()))?;
+        .with_context(|| format!("starting {} {}", python.display(), script.display()))?;
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
     let deadline = Instant::now() + limit;
@@ -219,7 +226,8 @@ pub fn run_script(args: &[&str], limit: Duration) -> Result<String> {
             let _ = child.kill();
             let _ = child.wait();
             bail!(
-                "grpc_reflect.py {} took longer than {limit:?}; stderr: {}",
+                "{} {} took longer than {limit:?}; stderr: {}",
+                script.display(),
                 args.join(" "),
                 String::from_utf8_lossy(&stderr.join())
             );
@@ -229,12 +237,13 @@ pub fn run_script(args: &[&str], limit: Duration) -> Result<String> {
     let (stdout, stderr) = (stdout.join(), stderr.join());
     if !status.success() {
         bail!(
-            "grpc_reflect.py {} failed ({status}): {}",
+            "{} {} failed ({status}): {}",
+            script.display(),
             args.join(" "),
             String::from_utf8_lossy(&stderr).trim()
         );
     }
-    String::from_utf8(stdout).context("grpc_reflect.py printed non-UTF-8")
+    String::from_utf8(stdout).with_context(|| format!("{} printed non-UTF-8", script.display()))
 }
 
 /// Reads a pipe to its end on a thread.

@@ -10,16 +10,22 @@ use std::{
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
-use crate::cli::{
-    read::{finish, open, recorded_store, DbArg},
-    snapshot,
+use crate::{
+    cli::{
+        read::{finish, open, recorded_store, DbArg},
+        snapshot,
+    },
+    run::args::usage,
 };
 
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
 pub enum ExportFormat {
-    /// One JSON value a line.
+    /// One JSON value a line, to stdout.
     #[default]
     Ndjson,
+    /// Parquet tables (packages, versions, dependencies, maintainers, dist_tags,
+    /// problems) written to --out.
+    Parquet,
 }
 
 #[derive(Args, Debug)]
@@ -29,19 +35,61 @@ pub struct ExportArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub format: ExportFormat,
-    /// One row per version: name, version, published, dependencies, tarball, integrity.
+    /// With ndjson: one row per version: name, version, published, dependencies, tarball,
+    /// integrity.
     #[arg(long)]
     pub versions: bool,
     /// key: in key order, as the index; packs: pack by pack, each read whole and
     /// sequentially (the fast way through a packed snapshot), then the files in key order.
+    /// Default: key for ndjson, packs for parquet.
+    #[arg(long, value_enum)]
+    pub order: Option<snapshot::Order>,
+    /// With parquet: the directory (created if missing) or bucket (gs://BUCKET/PREFIX,
+    /// s3://BUCKET/PREFIX) the tables are written to, as NAME.parquet.
+    #[arg(long)]
+    pub out: Option<String>,
+    /// With parquet: only packages whose `time.modified` is at or after this UTC instant
+    /// (2024-05-01T12:00:00Z) or date (2024-05-01).
+    #[arg(long, value_parser = crate::cli::dataset::parse_since)]
+    pub since: Option<i64>,
+    /// With parquet: a bar on a terminal, else a line every few seconds on stderr.
     #[arg(long, value_enum, default_value_t)]
-    pub order: snapshot::Order,
+    pub progress: crate::run::display::ProgressMode,
 }
 
 /// Streams the export on a blocking thread (the checkpoint cursor stays on it).
 pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    if let ExportFormat::Parquet = args.format {
+        return parquet(args).await;
+    }
+    if args.out.is_some() || args.since.is_some() {
+        return Err(usage(
+            "--out and --since are options of --format parquet; NDJSON goes to stdout",
+        ));
+    }
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || run(args, handle)).await?
+}
+
+async fn parquet(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    if args.versions {
+        return Err(usage(
+            "--versions is an option of --format ndjson; the parquet export writes versions.parquet",
+        ));
+    }
+    let Some(out) = args.out else {
+        return Err(usage(
+            "--format parquet writes files: give --out DIR (or gs://BUCKET/PREFIX, s3://BUCKET/PREFIX)",
+        ));
+    };
+    crate::cli::dataset::export(crate::cli::dataset::Request {
+        db: args.db.db,
+        out,
+        since: args.since,
+        order: args.order.unwrap_or(snapshot::Order::Packs),
+        progress: args.progress,
+    })
+    .await
 }
 
 fn run(args: ExportArgs, rt: tokio::runtime::Handle) -> anyhow::Result<ExitCode> {
@@ -49,12 +97,13 @@ fn run(args: ExportArgs, rt: tokio::runtime::Handle) -> anyhow::Result<ExitCode>
     let store = recorded_store(&conn)?;
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let mut written = Ok(());
-    snapshot::each_stored(&conn, &store, &rt, args.order, |name, bytes, checked| {
+    let order = args.order.unwrap_or_default();
+    snapshot::each_stored(&conn, &store, &rt, order, |name, bytes, digest| {
         let line = if args.versions {
             let doc: Value = serde_json::from_slice(bytes).map_err(|e| not_json(name, e))?;
             version_rows(name, &doc)?
         } else {
-            compact(bytes, checked).map_err(|e| not_json(name, e))?
+            compact(bytes, digest.is_some()).map_err(|e| not_json(name, e))?
         };
         written = out.write_all(&line);
         Ok(written.is_ok())

@@ -1,18 +1,28 @@
 //! **Part `cli`: the command line.** The subcommands and the exit code an outcome maps
 //! to; `status` (progress from a running coordinator), and the read-only commands over a
 //! snapshot: `index` and `show` ([`read`]) and [`export`], reading either layout through
-//! [`snapshot`] (packs read whole in [`packs`]); [`unpack`] (a snapshot as files) and
-//! [`compact`] (packs rewritten). A job's own options are `run::args`.
+//! [`snapshot`] (packs read whole in [`packs`]); the Parquet export ([`dataset`]: rows of
+//! a packument in [`rows`] and [`manifest`], files in [`tables`]); [`verify`] (every
+//! object's length and digest, a [`sample`] asked of the registry, [`findings`]);
+//! [`unpack`] (a snapshot as files) and [`compact`] (packs rewritten). A job's own options
+//! are `run::args`.
 //!
 //! Uses: `run`, `api`, `fleet` (the bearer header that status sends), `checkpoint`.
 
 pub mod compact;
+pub mod dataset;
 pub mod export;
+pub mod findings;
+pub mod manifest;
 pub mod packs;
 pub mod read;
+pub mod rows;
+pub mod sample;
 pub mod snapshot;
 pub mod status;
+pub mod tables;
 pub mod unpack;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -54,6 +64,10 @@ pub enum Command {
     /// Rewrite packs that are mostly dead (older copies) into new ones, then delete them;
     /// takes the checkpoint's lock.
     Compact(crate::cli::compact::CompactArgs),
+    /// Check that every stored package's object is in the store with the length and
+    /// SHA-256 the checkpoint recorded; with --sample, that stored revisions are current
+    /// (exit 4: damaged or missing, 5: stale; reads only).
+    Verify(crate::cli::verify::VerifyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -81,6 +95,7 @@ pub async fn execute(
         Command::Export(args) => crate::cli::export::export(args).await,
         Command::Unpack(args) => crate::cli::unpack::unpack(args).await,
         Command::Compact(args) => crate::cli::compact::compact(args).await,
+        Command::Verify(args) => crate::cli::verify::verify(args).await,
     }
 }
 

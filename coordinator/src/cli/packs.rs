@@ -91,35 +91,45 @@ impl PackObject {
                 live.sha256.as_deref().unwrap_or_default(),
             )
         };
-        let total: u64 = batch.iter().map(|(_, l)| l.bytes).sum();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        if threads < 2 || batch.len() < 2 || total < PARALLEL_FROM {
-            return batch.iter().map(one).collect();
-        }
-        // Cut where each part holds about its share of the bytes.
-        let mut parts = Vec::with_capacity(threads);
-        let (mut start, mut acc) = (0, 0);
-        for (at, (_, live)) in batch.iter().enumerate() {
-            acc += live.bytes;
-            if acc * threads as u64 >= total * (parts.len() as u64 + 1) && parts.len() + 1 < threads
-            {
-                parts.push(&batch[start..=at]);
-                start = at + 1;
-            }
-        }
-        parts.push(&batch[start..]);
-        std::thread::scope(|s| {
-            let rest: Vec<_> = parts[1..]
-                .iter()
-                .map(|part| s.spawn(|| part.iter().map(one).collect::<Vec<_>>()))
-                .collect();
-            let mut out: Vec<_> = parts[0].iter().map(one).collect();
-            for h in rest {
-                out.extend(h.join().expect("a decoding thread does not panic"));
-            }
-            out
-        })
+        split_by_bytes(batch, |(_, live)| live.bytes, one)
     }
+}
+
+/// `one` of every item, in order: split by bytes (`weight`) across the machine's cores
+/// (up to four) when there is enough to share, else on the calling thread.
+pub fn split_by_bytes<T: Sync, R: Send>(
+    items: &[T],
+    weight: impl Fn(&T) -> u64,
+    one: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let total: u64 = items.iter().map(&weight).sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if threads < 2 || items.len() < 2 || total < PARALLEL_FROM {
+        return items.iter().map(one).collect();
+    }
+    // Cut where each part holds about its share of the bytes.
+    let mut parts = Vec::with_capacity(threads);
+    let (mut start, mut acc) = (0, 0);
+    for (at, item) in items.iter().enumerate() {
+        acc += weight(item);
+        if acc * threads as u64 >= total * (parts.len() as u64 + 1) && parts.len() + 1 < threads {
+            parts.push(&items[start..=at]);
+            start = at + 1;
+        }
+    }
+    parts.push(&items[start..]);
+    let one = &one;
+    std::thread::scope(|s| {
+        let rest: Vec<_> = parts[1..]
+            .iter()
+            .map(|part| s.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        let mut out: Vec<_> = parts[0].iter().map(one).collect();
+        for h in rest {
+            out.extend(h.join().expect("a worker thread does not panic"));
+        }
+        out
+    })
 }
 
 /// Every pack of the checkpoint, in the order they were sealed: (id, uri, bytes).

@@ -175,15 +175,16 @@ pub enum Order {
     Packs,
 }
 
-/// Calls `each` with every stored package's name, its bytes and whether they were checked
-/// against a recorded SHA-256 (all but those stored before schema 6), in `order`. `each`
-/// returns whether to go on. One package (or, by packs, one pack) in memory at a time.
+/// Calls `each` with every stored package's name, its bytes and the SHA-256 they were
+/// checked against (recorded for all but those stored before schema 6), in `order`.
+/// `each` returns whether to go on. One package (or, by packs, one pack) in memory at a
+/// time.
 pub fn each_stored(
     conn: &Connection,
     store: &Store,
     rt: &tokio::runtime::Handle,
     order: Order,
-    mut each: impl FnMut(&str, &[u8], bool) -> anyhow::Result<bool>,
+    mut each: impl FnMut(&str, &[u8], Option<&[u8]>) -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
     // One read transaction: one consistent snapshot of the checkpoint while a run may
     // write it, and one shared lock, not one per statement.
@@ -196,7 +197,7 @@ fn walk(
     store: &Store,
     rt: &tokio::runtime::Handle,
     order: Order,
-    each: &mut impl FnMut(&str, &[u8], bool) -> anyhow::Result<bool>,
+    each: &mut impl FnMut(&str, &[u8], Option<&[u8]>) -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
     let packed = has_packs(conn)?;
     if order == Order::Key || !packed {
@@ -219,7 +220,7 @@ fn walk(
                 }
             };
             let raw = rt.block_on(read(store, &stored))?;
-            if !each(&stored.name, &raw, stored.sha256.is_some())? {
+            if !each(&stored.name, &raw, stored.sha256.as_deref())? {
                 return Ok(());
             }
         }
@@ -258,7 +259,7 @@ fn walk(
             sha256: row.get::<_, Option<Vec<u8>>>(1)?,
         };
         let raw = rt.block_on(read(store, &stored))?;
-        if !each(&stored.name, &raw, stored.sha256.is_some())? {
+        if !each(&stored.name, &raw, stored.sha256.as_deref())? {
             return Ok(());
         }
     }
@@ -270,11 +271,15 @@ fn walk(
 fn emit(
     pack: &PackObject,
     batch: &[(usize, Live)],
-    each: &mut impl FnMut(&str, &[u8], bool) -> anyhow::Result<bool>,
+    each: &mut impl FnMut(&str, &[u8], Option<&[u8]>) -> anyhow::Result<bool>,
 ) -> anyhow::Result<bool> {
     for ((at, live), raw) in batch.iter().zip(pack.decode(batch)) {
         let raw = raw?;
-        if !each(&pack.trailer.entries[*at].name, &raw, live.sha256.is_some())? {
+        if !each(
+            &pack.trailer.entries[*at].name,
+            &raw,
+            live.sha256.as_deref(),
+        )? {
             return Ok(false);
         }
     }

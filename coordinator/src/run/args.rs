@@ -213,7 +213,7 @@ fn parse_follow_interval(value: &str) -> Result<Duration, String> {
 }
 
 /// `--rate-limit`: a finite number of requests per second, 0 or more.
-fn parse_rate_limit(value: &str) -> Result<f64, String> {
+pub fn parse_rate_limit(value: &str) -> Result<f64, String> {
     match value.trim().parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
         _ => Err("--rate-limit takes requests per second: a number of 0 or more (0 = no limit), such as 40 or 12.5".into()),
