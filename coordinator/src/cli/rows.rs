@@ -382,3 +382,43 @@ fn clip(mut s: String) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_in_utc_or_with_an_offset_are_milliseconds_and_others_none() {
+        assert_eq!(instant_ms("1970-01-01T00:00:01.500Z"), Some(1500));
+        assert_eq!(
+            instant_ms("2024-09-05T00:40:51.026000+00:00"),
+            Some(1_725_496_851_026)
+        );
+        assert_eq!(instant_ms("1970-01-01T02:00:00+02:00"), Some(0));
+        assert_eq!(instant_ms("1970-01-01T00:00:00-01:30"), Some(5_400_000));
+        for bad in ["last tuesday", "2024-01-01", "2024-01-01T00:00:00+0200", ""] {
+            assert_eq!(instant_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_document_that_is_not_json_or_not_an_object_is_one_problem() {
+        for (bytes, kind) in [
+            (&b"{\"name\":"[..], "not_json"),
+            (b"[1,2]", "not_a_packument"),
+        ] {
+            let rows = Rows::of(bytes);
+            assert_eq!(rows.problems.len(), 1);
+            assert_eq!(rows.problems[0].kind, kind);
+            assert!(rows.versions.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_maintainer_string_is_split_into_name_and_email() {
+        let m = person_of("Jane Doe <jane@registry.example> (https://registry.example/jane)");
+        assert_eq!(m.name.as_deref(), Some("Jane Doe"));
+        assert_eq!(m.email.as_deref(), Some("jane@registry.example"));
+        assert_eq!(person_of("solo").email, None);
+    }
+}

@@ -126,6 +126,16 @@ pub struct Table {
     writer: ArrowWriter<File>,
     partial: PathBuf,
     done: PathBuf,
+    finished: bool,
+}
+
+impl Drop for Table {
+    /// An export that stopped leaves no partial file behind.
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
 }
 
 impl Table {
@@ -160,6 +170,7 @@ impl Table {
             writer,
             partial,
             done,
+            finished: false,
         })
     }
 
@@ -197,11 +208,12 @@ impl Table {
     pub fn finish(mut self) -> anyhow::Result<(u64, PathBuf)> {
         self.write_batch()?;
         self.writer
-            .close()
+            .finish()
             .with_context(|| format!("finishing {}", self.partial.display()))?;
         std::fs::rename(&self.partial, &self.done)
             .with_context(|| format!("renaming {} into place", self.partial.display()))?;
-        Ok((self.rows, self.done))
+        self.finished = true;
+        Ok((self.rows, self.done.clone()))
     }
 }
 
