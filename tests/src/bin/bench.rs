@@ -55,6 +55,8 @@ mod ceiling;
 mod checkpoint;
 #[path = "bench/compression.rs"]
 mod compression;
+#[path = "bench/dataset.rs"]
+mod dataset;
 #[path = "bench/rounds.rs"]
 mod rounds;
 #[path = "bench/store.rs"]
@@ -147,6 +149,11 @@ struct Args {
     /// --mean-bytes; and with a zstd dictionary trained on half of each set.
     #[arg(long)]
     compression: bool,
+    /// Instead of a run: snapshots of the real fixtures and of --packages simulated
+    /// packuments of --mean-bytes, each exported with `export --format parquet` and
+    /// checked with `verify` (beside `sha256sum` over the same bytes).
+    #[arg(long)]
+    dataset: bool,
 }
 
 /// The coordinator's defaults for --max-in-flight and --concurrency: their product is
@@ -203,6 +210,9 @@ async fn main() -> ExitCode {
             }
         };
     }
+    if args.dataset {
+        return dataset_bench(&args).await;
+    }
     match bench(&args).await {
         Ok(report) => {
             if args.json {
@@ -221,6 +231,42 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `--dataset`: export and verify over two snapshots, in a temporary directory.
+async fn dataset_bench(args: &Args) -> ExitCode {
+    let result = async {
+        let bins = Binaries::locate(args.release, false)?;
+        let dir = tempfile::Builder::new()
+            .prefix("alldocs-bench-dataset-")
+            .tempdir()?;
+        let figures = dataset::run(
+            &bins.coordinator,
+            args.packages,
+            args.mean_bytes,
+            dir.path(),
+        )
+        .await;
+        if args.keep {
+            eprintln!("bench: kept {}", dir.keep().display());
+        }
+        figures
+    }
+    .await;
+    match result {
+        Ok(figures) if args.json => {
+            println!(
+                "{}",
+                serde_json::to_string(&figures).expect("figures serialize")
+            )
+        }
+        Ok(figures) => print!("{}", dataset::table(&figures)),
+        Err(e) => {
+            eprintln!("bench: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// `--checkpoint-events N`: the checkpoint alone, in a temporary directory.
