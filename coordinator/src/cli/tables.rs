@@ -1,7 +1,8 @@
 //! The Parquet tables of `export --format parquet`: their columns, and each written as
-//! rows arrive, a record batch at a time, in zstd-compressed row groups flushed when they
-//! reach [`ROW_GROUP_BYTES`], so memory stays bounded whatever the snapshot's size. Each
-//! file is written as `.NAME.parquet.partial` and renamed to `NAME.parquet` when complete.
+//! rows arrive, a record batch at a time (encoded, compressed and written on a thread of
+//! its own), in zstd-compressed row groups flushed when they reach [`ROW_GROUP_BYTES`], so
+//! memory stays bounded whatever the snapshot's size. Each file is written as
+//! `.NAME.parquet.partial` and renamed to `NAME.parquet` when complete.
 
 use std::{
     fs::File,
@@ -31,6 +32,9 @@ const BATCH_ROWS: usize = 8192;
 /// [`ROW_GROUP_ROWS`] rows); with six tables, what an export holds is a few times this.
 const ROW_GROUP_BYTES: usize = 16 << 20;
 const ROW_GROUP_ROWS: usize = 512 * 1024;
+
+/// Record batches waiting for a table's writer thread.
+const WRITER_QUEUE: usize = 2;
 
 /// A column's type.
 #[derive(Clone, Copy, Debug)]
@@ -123,7 +127,10 @@ pub struct Table {
     cols: Vec<Col>,
     pending: usize,
     rows: u64,
-    writer: ArrowWriter<File>,
+    /// Record batches to the thread that encodes, compresses and writes them, so the
+    /// file is written while the next rows are parsed.
+    batches: Option<std::sync::mpsc::SyncSender<RecordBatch>>,
+    writer: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
     partial: PathBuf,
     done: PathBuf,
     finished: bool,
@@ -133,6 +140,7 @@ impl Drop for Table {
     /// An export that stopped leaves no partial file behind.
     fn drop(&mut self) {
         if !self.finished {
+            let _ = self.join_writer();
             let _ = std::fs::remove_file(&self.partial);
         }
     }
@@ -160,14 +168,33 @@ impl Table {
             .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
             .set_created_by(format!("alldocs {}", env!("CARGO_PKG_VERSION")))
             .build();
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+        let (batches, received) = std::sync::mpsc::sync_channel::<RecordBatch>(WRITER_QUEUE);
+        let what = partial.display().to_string();
+        let writer = std::thread::Builder::new()
+            .name(format!("parquet-{name}"))
+            .spawn(move || {
+                for batch in received {
+                    writer
+                        .write(&batch)
+                        .with_context(|| format!("writing {what}"))?;
+                    if writer.in_progress_size() >= ROW_GROUP_BYTES {
+                        writer.flush().with_context(|| format!("writing {what}"))?;
+                    }
+                }
+                writer
+                    .finish()
+                    .with_context(|| format!("finishing {what}"))?;
+                Ok(())
+            })?;
         Ok(Self {
             name,
             cols: columns.iter().map(|(_, k)| Col::new(*k)).collect(),
             schema,
             pending: 0,
             rows: 0,
-            writer,
+            batches: Some(batches),
+            writer: Some(writer),
             partial,
             done,
             finished: false,
@@ -193,23 +220,32 @@ impl Table {
         }
         let arrays = self.cols.iter_mut().map(Col::finish).collect();
         let batch = RecordBatch::try_new(self.schema.clone(), arrays)?;
-        self.writer
-            .write(&batch)
-            .with_context(|| format!("writing {}", self.partial.display()))?;
+        let sent = self.batches.as_ref().map(|b| b.send(batch).is_ok());
+        if sent != Some(true) {
+            // The writer stopped: its error says why.
+            return Err(self.join_writer().err().unwrap_or_else(|| {
+                anyhow::anyhow!("the writer of {} stopped", self.partial.display())
+            }));
+        }
         self.rows += self.pending as u64;
         self.pending = 0;
-        if self.writer.in_progress_size() >= ROW_GROUP_BYTES {
-            self.writer.flush()?;
-        }
         Ok(())
+    }
+
+    /// Ends the writer thread (the file's footer written): its outcome.
+    fn join_writer(&mut self) -> anyhow::Result<()> {
+        self.batches.take();
+        match self.writer.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(written)) => written,
+            Some(Err(_)) => anyhow::bail!("the writer of {} panicked", self.partial.display()),
+            None => Ok(()),
+        }
     }
 
     /// Writes what is left and the footer, and renames the file into place: its rows.
     pub fn finish(mut self) -> anyhow::Result<(u64, PathBuf)> {
         self.write_batch()?;
-        self.writer
-            .finish()
-            .with_context(|| format!("finishing {}", self.partial.display()))?;
+        self.join_writer()?;
         std::fs::rename(&self.partial, &self.done)
             .with_context(|| format!("renaming {} into place", self.partial.display()))?;
         self.finished = true;
