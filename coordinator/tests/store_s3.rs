@@ -1,7 +1,7 @@
 //! `--store s3://BUCKET/PREFIX` end to end, in both layouts: the real `coordinator` writes
 //! a snapshot into an S3-compatible server on loopback (`moto_server`, from PyPI), large
 //! documents (and large packs) as multipart uploads, and every object reads back byte for
-//! byte through boto3.
+//! byte through boto3; `export --format parquet --out s3://…` uploads tables DuckDB reads.
 
 use alldocs_fetcher::source::packument::SPILL_BYTES;
 use alldocs_tests::{
@@ -123,6 +123,13 @@ async fn snapshot_into_s3(s3: &S3Server, sim: &SimServer, layout: &str) -> Resul
             "one object per packument"
         );
         assert_copy_is_the_registry(unpacked.path(), sim.registry())?;
+        exported_into_s3(
+            coordinator,
+            s3,
+            &db,
+            &format!("{prefix}-tables"),
+            sim.registry(),
+        )?;
     }
 
     let conn = rusqlite::Connection::open(dir.path().join("alldocs.sqlite"))?;
@@ -142,6 +149,62 @@ async fn snapshot_into_s3(s3: &S3Server, sim: &SimServer, layout: &str) -> Resul
 }
 
 /// Every object under `prefix/` of the bucket, downloaded with boto3 into a new directory.
+/// `export --format parquet --out s3://…` uploads the six tables; downloaded with boto3,
+/// DuckDB reads every package and version in them.
+fn exported_into_s3(
+    coordinator: &std::path::Path,
+    s3: &S3Server,
+    db: &std::path::Path,
+    prefix: &str,
+    registry: &Registry,
+) -> Result<()> {
+    let to = format!("s3://snapshots/{prefix}");
+    let export = args(&[
+        "export",
+        "--db",
+        db.to_str().unwrap(),
+        "--format",
+        "parquet",
+        "--out",
+        &to,
+    ]);
+    let env: Vec<(&str, String)> = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, out, err) = run(coordinator, &export, &env)?;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains(&to), "{out}");
+    let tables = download(s3, prefix)?;
+    let names: Vec<String> = std::fs::read_dir(tables.path())?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    assert_eq!(names.len(), 6, "{names:?}");
+    let queries = tables.path().join("queries.json");
+    std::fs::write(
+        &queries,
+        r#"["SELECT count(*), sum(versions) FROM 'packages.parquet'", "SELECT count(*) FROM 'versions.parquet'"]"#,
+    )?;
+    let seen = alldocs_tests::py::run_py(
+        std::path::Path::new("parquet_check.py"),
+        &[tables.path().to_str().unwrap(), queries.to_str().unwrap()],
+        std::time::Duration::from_secs(300),
+    )?;
+    let seen: serde_json::Value = serde_json::from_str(&seen)?;
+    let versions: usize = registry
+        .names()
+        .map(|n| {
+            let doc: serde_json::Value =
+                serde_json::from_slice(&registry.document(n, false).unwrap()).unwrap();
+            doc["versions"].as_object().map_or(0, |v| v.len())
+        })
+        .sum();
+    assert_eq!(
+        seen["duckdb"][0],
+        serde_json::json!([[registry.len(), versions]])
+    );
+    assert_eq!(seen["duckdb"][1], serde_json::json!([[versions]]));
+    Ok(())
+}
+
 fn download(s3: &S3Server, prefix: &str) -> Result<tempfile::TempDir> {
     let copy = tempfile::tempdir()?;
     let python = alldocs_tests::py::python_env()?;
