@@ -124,7 +124,62 @@ async fn two_remote_fetchers_share_the_run() -> anyhow::Result<()> {
     let mut urls = vec![f1.url(), f2.url()];
     urls.sort();
     assert_eq!(leases_by_fetcher(&dir.path().join("alldocs.sqlite"))?, urls);
+    // Each fetcher's /metrics, on its gRPC port, counts what it did; together, the run.
+    let (mut stored, mut missing) = (0.0, 0.0);
+    for f in [&f1, &f2] {
+        let text = reqwest::get(format!("{}/metrics", f.url()))
+            .await?
+            .text()
+            .await?;
+        promtool_accepts(&text);
+        stored += sample(
+            &text,
+            "alldocs_fetcher_packuments_total{outcome=\"stored\"}",
+        );
+        missing += sample(
+            &text,
+            "alldocs_fetcher_packuments_total{outcome=\"missing\"}",
+        );
+        assert!(sample(&text, "alldocs_origin_requests_total{class=\"2xx\"}") > 0.0);
+        assert_eq!(sample(&text, "alldocs_fetcher_leases_open"), 0.0);
+    }
+    assert_eq!(stored, expected.len() as f64);
+    assert_eq!(missing, 20.0);
     Ok(())
+}
+
+/// The value of the sample `name` (labels as written) in the Prometheus text format.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// `promtool check metrics` (Debian's prometheus package, which .ci/run installs) finds
+/// nothing wrong in `text`.
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus, as .ci/run does)");
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Users running several fetcher processes get one rate limit for all of them: at

@@ -1,6 +1,7 @@
 //! Test support for alldocs: the npm registry simulator, the pouchdb-server peer, the
 //! real fixture packuments, and helpers to run fetchers over real sockets.
 
+pub mod browser;
 pub mod coord;
 pub mod fixtures;
 pub mod gcs;
