@@ -12,6 +12,7 @@ use alldocs_tests::{
     fixtures,
     pouch::PouchServer,
     procs::{free_port, Listening},
+    prom::{promtool_accepts, sample, tool},
     sim::{SimConfig, SimServer},
 };
 
@@ -22,24 +23,6 @@ fn coordinator() -> PathBuf {
 /// The coordinator's HTTP base URL from its gRPC one (the same port).
 fn http(job: &Listening) -> String {
     job.url().trim_end_matches('/').to_string()
-}
-
-/// The value of the one sample named `name` (with its labels, as written) in the
-/// Prometheus text format.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn tool(name: &str) -> PathBuf {
-    let path = PathBuf::from("/usr/bin").join(name);
-    assert!(
-        path.exists(),
-        "{} not found: install Debian's prometheus package (`apt-get install prometheus`, as .ci/run does)",
-        path.display()
-    );
-    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,20 +51,7 @@ async fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() -> anyhow::R
     let text = response.text().await?;
 
     // promtool reads the Prometheus text format and lints names, units and help.
-    let mut check = std::process::Command::new(tool("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    std::io::Write::write_all(check.stdin.as_mut().unwrap(), text.as_bytes())?;
-    let out = check.wait_with_output()?;
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_accepts(&text);
 
     // What the snapshot holds, as GetProgress says it.
     let stored = done.packuments_done as f64;
@@ -131,10 +101,22 @@ async fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() -> anyhow::R
     );
 
     // A real Prometheus scrapes it (in OpenMetrics, which it asks for) and can query it.
+    let seen = scraped_by_prometheus(dir.path(), &http(&job), &client).await?;
+    assert_eq!(seen.as_deref(), Some(stored.to_string().as_str()));
+    Ok(())
+}
+
+/// Starts a Prometheus server that scrapes `base` every second, and returns the value its
+/// query API gives for the stored packuments once it has one (or `None`, its log printed).
+async fn scraped_by_prometheus(
+    dir: &std::path::Path,
+    base: &str,
+    client: &reqwest::Client,
+) -> anyhow::Result<Option<String>> {
     let port = free_port()?;
-    let target = http(&job).trim_start_matches("http://").to_string();
+    let target = base.trim_start_matches("http://");
     std::fs::write(
-        dir.path().join("prometheus.yml"),
+        dir.join("prometheus.yml"),
         format!(
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: alldocs\n    static_configs:\n      - targets: ['{target}']\n"
         ),
@@ -142,15 +124,15 @@ async fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() -> anyhow::R
     let mut prometheus = std::process::Command::new(tool("prometheus"))
         .arg(format!(
             "--config.file={}",
-            dir.path().join("prometheus.yml").display()
+            dir.join("prometheus.yml").display()
         ))
         .arg(format!(
             "--storage.tsdb.path={}",
-            dir.path().join("tsdb").display()
+            dir.join("tsdb").display()
         ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("prometheus.log"))?)
+        .stderr(std::fs::File::create(dir.join("prometheus.log"))?)
         .spawn()?;
     let query = format!(
         "http://127.0.0.1:{port}/api/v1/query?query=alldocs_snapshot_packuments%7Bstate%3D%22stored%22%7D"
@@ -169,13 +151,13 @@ async fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() -> anyhow::R
     }
     let _ = prometheus.kill();
     let _ = prometheus.wait();
-    let log = std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
-    assert_eq!(
-        seen.as_deref(),
-        Some(stored.to_string().as_str()),
-        "prometheus: {log}"
-    );
-    Ok(())
+    if seen.is_none() {
+        eprintln!(
+            "prometheus: {}",
+            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+        );
+    }
+    Ok(seen)
 }
 
 /// Where a test keeps what a person would look at (screenshots).
@@ -261,25 +243,12 @@ async fn the_status_page_shows_a_run_against_pouchdb_live_in_headless_chromium(
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_an_admin_token_the_page_its_json_and_metrics_need_it() -> anyhow::Result<()> {
-    const TOKEN: &str = "page-gate-s3cret";
-    let sim = SimServer::loopback(50, 300).await?;
-    let dir = tempfile::tempdir()?;
-    let log = std::fs::File::create(dir.path().join("stderr.log"))?;
-    let mut cmd = std::process::Command::new(coordinator());
-    cmd.args(job_args("serve", dir.path(), &sim.url(), &[]))
-        .env("ALLDOCS_ADMIN_TOKEN", TOKEN)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stderr(log);
-    let job = Listening::start_command(cmd)?;
-    let base = http(&job);
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-
-    // Machines: nothing without the header, a wrong one refused, the right one let in.
+/// Machines: nothing without the header, a wrong one refused, the right one let in.
+async fn machines_need_the_header(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> anyhow::Result<()> {
     for path in ["/metrics", "/api/status"] {
         let r = client.get(format!("{base}{path}")).send().await?;
         assert_eq!(r.status(), 401, "{path}");
@@ -293,13 +262,23 @@ async fn with_an_admin_token_the_page_its_json_and_metrics_need_it() -> anyhow::
         assert_eq!(r.status(), 401, "{path}");
         let r = client
             .get(format!("{base}{path}"))
-            .bearer_auth(TOKEN)
+            .bearer_auth(token)
             .send()
             .await?;
         assert_eq!(r.status(), 200, "{path}");
     }
 
-    // A browser: the page is a login form, in Chromium too, with nothing of the run on it.
+    Ok(())
+}
+
+/// A browser: the page is a login form, in Chromium too, with nothing of the run on it;
+/// the token posted there gets a session cookie (not the token) that opens the page and
+/// its JSON until logout.
+async fn a_browser_logs_in_and_out(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> anyhow::Result<()> {
     let login = browser::dom(&format!("{base}/"), 500)?;
     assert!(
         login.contains("action=\"/login\"") && login.contains("type=\"password\""),
@@ -318,7 +297,7 @@ async fn with_an_admin_token_the_page_its_json_and_metrics_need_it() -> anyhow::
     assert!(wrong.headers().get("set-cookie").is_none());
     let right = client
         .post(format!("{base}/login"))
-        .form(&[("token", TOKEN)])
+        .form(&[("token", token)])
         .send()
         .await?;
     assert_eq!(right.status(), 303);
@@ -329,7 +308,7 @@ async fn with_an_admin_token_the_page_its_json_and_metrics_need_it() -> anyhow::
         "{cookie}"
     );
     assert!(
-        !cookie.contains(TOKEN),
+        !cookie.contains(token),
         "the cookie is a session id, not the token: {cookie}"
     );
     let pair = cookie.split(';').next().unwrap().to_string();
@@ -348,7 +327,7 @@ async fn with_an_admin_token_the_page_its_json_and_metrics_need_it() -> anyhow::
     assert_eq!(json.status(), 200);
     let status: serde_json::Value = json.json().await?;
     assert_eq!(status["guarded"], true);
-    assert!(!status.to_string().contains(TOKEN));
+    assert!(!status.to_string().contains(token));
     let out = client
         .post(format!("{base}/logout"))
         .header("cookie", &pair)
@@ -361,6 +340,31 @@ async fn with_an_admin_token_the_page_its_json_and_metrics_need_it() -> anyhow::
         .send()
         .await?;
     assert_eq!(gone.status(), 401, "a session logged out is over");
+
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_token_the_page_its_json_and_metrics_need_it() -> anyhow::Result<()> {
+    const TOKEN: &str = "page-gate-s3cret";
+    let sim = SimServer::loopback(50, 300).await?;
+    let dir = tempfile::tempdir()?;
+    let log = std::fs::File::create(dir.path().join("stderr.log"))?;
+    let mut cmd = std::process::Command::new(coordinator());
+    cmd.args(job_args("serve", dir.path(), &sim.url(), &[]))
+        .env("ALLDOCS_ADMIN_TOKEN", TOKEN)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stderr(log);
+    let job = Listening::start_command(cmd)?;
+    let base = http(&job);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+
+    machines_need_the_header(&client, &base, TOKEN).await?;
+
+    a_browser_logs_in_and_out(&client, &base, TOKEN).await?;
 
     drop(job);
     let stderr = std::fs::read_to_string(dir.path().join("stderr.log"))?;

@@ -131,7 +131,7 @@ async fn two_remote_fetchers_share_the_run() -> anyhow::Result<()> {
             .await?
             .text()
             .await?;
-        promtool_accepts(&text);
+        alldocs_tests::prom::promtool_accepts(&text);
         stored += sample(
             &text,
             "alldocs_fetcher_packuments_total{outcome=\"stored\"}",
@@ -148,38 +148,9 @@ async fn two_remote_fetchers_share_the_run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The value of the sample `name` (labels as written) in the Prometheus text format.
+/// The value of the sample `name`, which must be there.
 fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
-/// `promtool check metrics` (Debian's prometheus package, which .ci/run installs) finds
-/// nothing wrong in `text`.
-fn promtool_accepts(text: &str) {
-    use std::io::Write;
-    let mut check = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (apt-get install prometheus, as .ci/run does)");
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    alldocs_tests::prom::sample(text, name).unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 /// Users running several fetcher processes get one rate limit for all of them: at

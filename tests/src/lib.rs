@@ -10,6 +10,7 @@ pub mod hostile_registry;
 pub mod loopback;
 pub mod pouch;
 pub mod procs;
+pub mod prom;
 pub mod proxy;
 pub mod py;
 pub mod recording;

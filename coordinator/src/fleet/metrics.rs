@@ -5,6 +5,7 @@
 
 use std::sync::LazyLock;
 
+use alldocs_fetcher::source::metrics::StatusLabel;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
@@ -15,12 +16,6 @@ use prometheus_client::{
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: &'static str,
-}
-
-/// The HTTP status of a throttling answer a fetcher reported: `429` or `503`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StatusLabel {
-    pub status: &'static str,
 }
 
 type Durations = Family<KindLabel, Histogram, fn() -> Histogram>;
@@ -63,8 +58,9 @@ impl FleetMetrics {
 
     /// Counts a throttling answer a fetcher reported (429 or 503).
     pub fn throttled(&self, http_status: u32) {
-        let status = if http_status == 429 { "429" } else { "503" };
-        self.throttled.get_or_create(&StatusLabel { status }).inc();
+        self.throttled
+            .get_or_create(&StatusLabel::of(http_status))
+            .inc();
     }
 
     /// Adds these instruments to `registry`.

@@ -23,6 +23,14 @@ pub struct StatusLabel {
     pub status: &'static str,
 }
 
+impl StatusLabel {
+    /// The label of a throttling answer's status: `429`, else `503`.
+    pub fn of(status: u32) -> Self {
+        let status = if status == 429 { "429" } else { "503" };
+        Self { status }
+    }
+}
+
 /// How a packument item of a lease ended: `stored`, `missing` or `failed`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -85,8 +93,9 @@ impl Metrics {
 
     /// Counts a throttling answer (429 or 503).
     pub fn throttled(&self, status: u16) {
-        let status = if status == 429 { "429" } else { "503" };
-        self.throttled.get_or_create(&StatusLabel { status }).inc();
+        self.throttled
+            .get_or_create(&StatusLabel::of(u32::from(status)))
+            .inc();
     }
 
     /// Counts what a finished lease did (`index`: an index lease, whose items are rows).
