@@ -13,6 +13,7 @@
 //! | [`fleet`] | the fetchers work is leased to: connections, identities, health, the request budget, one lease's event stream |
 //! | [`follow`] | `serve --follow`: the `_changes` feed, applied page by page |
 //! | [`api`] | the `alldocs.v1.Coordinator` gRPC service and its admin token |
+//! | [`web`] | plain HTTP on the API's port: `/metrics`, the live status page and its JSON, the admin token's login |
 //! | [`run`] | one job (`serve` or `run`): its options, checks, the scheduler, what a person sees |
 //! | [`cli`] | the command line: subcommands, exit codes, `status`, `index`, `show`, `export` |
 
@@ -25,6 +26,8 @@ pub mod fleet;
 pub mod follow;
 
 pub mod api;
+
+pub mod web;
 
 pub mod run;
 

@@ -124,7 +124,33 @@ async fn two_remote_fetchers_share_the_run() -> anyhow::Result<()> {
     let mut urls = vec![f1.url(), f2.url()];
     urls.sort();
     assert_eq!(leases_by_fetcher(&dir.path().join("alldocs.sqlite"))?, urls);
+    // Each fetcher's /metrics, on its gRPC port, counts what it did; together, the run.
+    let (mut stored, mut missing) = (0.0, 0.0);
+    for f in [&f1, &f2] {
+        let text = reqwest::get(format!("{}/metrics", f.url()))
+            .await?
+            .text()
+            .await?;
+        alldocs_tests::prom::promtool_accepts(&text);
+        stored += sample(
+            &text,
+            "alldocs_fetcher_packuments_total{outcome=\"stored\"}",
+        );
+        missing += sample(
+            &text,
+            "alldocs_fetcher_packuments_total{outcome=\"missing\"}",
+        );
+        assert!(sample(&text, "alldocs_origin_requests_total{class=\"2xx\"}") > 0.0);
+        assert_eq!(sample(&text, "alldocs_fetcher_leases_open"), 0.0);
+    }
+    assert_eq!(stored, expected.len() as f64);
+    assert_eq!(missing, 20.0);
     Ok(())
+}
+
+/// The value of the sample `name`, which must be there.
+fn sample(text: &str, name: &str) -> f64 {
+    alldocs_tests::prom::sample(text, name).unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 /// Users running several fetcher processes get one rate limit for all of them: at

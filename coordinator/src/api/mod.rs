@@ -278,18 +278,22 @@ pub fn state_of(c: &Counts) -> RunState {
     }
 }
 
-/// The coordinator's gRPC server: the API (behind the admin token, if one is set),
-/// health, and reflection v1 and v1alpha (always open).
+/// The coordinator's server: the API (behind the admin token, if one is set), health,
+/// and reflection v1 and v1alpha (always open); and on the same port, plain HTTP (any
+/// request that is not gRPC) answered by `http`.
 pub async fn serve(
     service: CoordinatorService,
     guard: admin::AdminGuard,
     listener: tokio::net::TcpListener,
+    http: axum::Router,
 ) -> impl std::future::Future<Output = Result<(), tonic::transport::Error>> {
     use alldocs_fetcher::serve::grpc;
     use alldocs_proto::v1::coordinator_server::CoordinatorServer;
     let (refl_v1, refl_v1alpha) = grpc::reflection();
     let health = grpc::health::<CoordinatorServer<CoordinatorService>>().await;
     tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(http.into())
         .add_service(health)
         .add_service(refl_v1)
         .add_service(refl_v1alpha)

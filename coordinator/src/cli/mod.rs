@@ -48,7 +48,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the gRPC API and run the job; stay up when it is done.
     Serve(JobArgs),
-    /// Run the job and exit when it is done: 0 when nothing failed, 1 otherwise.
+    /// Run the job and exit when it is done: 0 when nothing failed, 3 when items failed for
+    /// good, 1 on an error, 130/143 when interrupted (docs/troubleshooting.md).
     Run(JobArgs),
     /// Show progress from a running coordinator.
     Status(StatusArgs),

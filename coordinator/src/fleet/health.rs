@@ -21,6 +21,19 @@ struct Health {
     last_error: String,
 }
 
+/// One fetcher as a person sees it: answering, or resting after failures in a row.
+#[derive(Clone, Debug)]
+pub struct FetcherView {
+    pub name: String,
+    /// It answered its last lease (or has had none yet).
+    pub healthy: bool,
+    /// How long it rests before it is asked again.
+    pub resting_for: Option<Duration>,
+    /// Failures to answer in a row.
+    pub failures: u32,
+    pub last_error: String,
+}
+
 /// The fetchers of a run and how each has been answering.
 pub struct FetcherPool {
     fetchers: Vec<FetcherHandle>,
@@ -77,6 +90,23 @@ impl FetcherPool {
         tracing::warn!(fetcher = self.fetchers[index].name(), %error, rest = ?rest, "fetcher unreachable or saturated; resting it (its leases go back without an attempt counted)");
         h.until = Some(Instant::now() + rest);
         h.last_error = error;
+    }
+
+    /// How each fetcher has been answering, for people (the status page, metrics).
+    pub fn views(&self) -> Vec<FetcherView> {
+        let health = self.health.lock().expect("health");
+        let now = Instant::now();
+        self.fetchers
+            .iter()
+            .zip(health.iter())
+            .map(|(f, h)| FetcherView {
+                name: f.name().to_string(),
+                healthy: h.failures == 0,
+                resting_for: h.until.and_then(|t| t.checked_duration_since(now)),
+                failures: h.failures,
+                last_error: h.last_error.clone(),
+            })
+            .collect()
     }
 
     /// When the first resting fetcher may be tried again, if every one is resting.

@@ -23,7 +23,23 @@ pub struct Stats {
     /// Where `serve --follow` is in the `_changes` feed.
     pub feed: Mutex<FeedStatus>,
     samples: Mutex<VecDeque<Sample>>,
+    /// The latest failed attempts, newest last (retryable ones too): what the status page
+    /// shows as they happen.
+    recent_failures: Mutex<VecDeque<RecentFailure>>,
 }
+
+/// One failed attempt, as a fetcher reported it.
+#[derive(Clone, Debug)]
+pub struct RecentFailure {
+    pub at_unix_ms: i64,
+    /// The package, or empty for an index partition.
+    pub name: String,
+    pub reason: String,
+    pub retryable: bool,
+}
+
+/// How many failed attempts [`Stats`] keeps.
+pub const RECENT_FAILURES: usize = 20;
 
 /// Where `serve --follow` is: the feed's head as last read, and the sequence the
 /// checkpoint has applied every change up to.
@@ -62,6 +78,26 @@ impl Stats {
     /// Updates where following is.
     pub fn set_feed(&self, update: impl FnOnce(&mut FeedStatus)) {
         update(&mut self.feed.lock().expect("feed"));
+    }
+
+    /// Keeps a failed attempt among the latest [`RECENT_FAILURES`].
+    pub fn failed(&self, name: &str, reason: &str, retryable: bool) {
+        let mut recent = self.recent_failures.lock().expect("failures");
+        if recent.len() == RECENT_FAILURES {
+            recent.pop_front();
+        }
+        recent.push_back(RecentFailure {
+            at_unix_ms: alldocs_proto::now_unix_ms(),
+            name: name.to_string(),
+            reason: reason.to_string(),
+            retryable,
+        });
+    }
+
+    /// The latest failed attempts, newest first.
+    pub fn recent_failures(&self) -> Vec<RecentFailure> {
+        let recent = self.recent_failures.lock().expect("failures");
+        recent.iter().rev().cloned().collect()
     }
 
     /// Starts the clock (once; a rerun after RetryFailed keeps the first start).

@@ -140,14 +140,20 @@ impl Follower<'_> {
                         .rows
                         .fetch_add(r.rows.len() as u64, Ordering::Relaxed);
                 }
-                Event::Summary(s) => summary = Some(summary_end(s)),
+                Event::Summary(s) => {
+                    crate::fleet::metrics::FLEET.summary(s);
+                    summary = Some(summary_end(s));
+                }
                 Event::Failed(f) if f.name.is_empty() => {
+                    self.stats.failed(&f.name, &f.reason, f.retryable);
                     tracing::warn!(reason = %f.reason, retryable = f.retryable, "indexing a partition failed; is --replicate-origin right and reachable from here?");
                 }
                 Event::Failed(f) => {
+                    self.stats.failed(&f.name, &f.reason, f.retryable);
                     tracing::warn!(name = %f.name, reason = %f.reason, retryable = f.retryable, "fetch failed");
                 }
                 Event::Throttled(t) => {
+                    crate::fleet::metrics::FLEET.throttled(t.http_status);
                     let before = self.budget.current();
                     let rate = self.budget.throttled();
                     if rate < before {

@@ -17,7 +17,6 @@ use tokio::{
 };
 
 use crate::{
-    api::admin::{self, AdminGuard},
     api::CoordinatorService,
     checkpoint::lock::CheckpointLock,
     checkpoint::{Checkpoint, CheckpointError, Mode, Opened},
@@ -144,8 +143,6 @@ impl Running {
             state: state_rx,
             mode: prepared.mode,
         };
-        let guard = AdminGuard::new(admin::admin_token().as_deref());
-        let server = tokio::spawn(crate::api::serve(service.clone(), guard, listener).await);
         let plan = Arc::new(prepared.partitions.clone());
         let (origin, credentials) = (
             prepared.settings.replicate_origin.clone(),
@@ -166,6 +163,7 @@ impl Running {
             )
             .mode(prepared.mode),
         );
+        let server = crate::run::surface::serve_api(&args, &service, &scheduler, listener).await;
         let tail = match args.follow {
             false => None,
             true => Some(Arc::new(Tail {

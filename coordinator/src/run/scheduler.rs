@@ -38,7 +38,7 @@ pub struct Picked {
 /// The run: owns the lease loop.
 pub struct Scheduler {
     pub checkpoint: Checkpoint,
-    pub fetchers: FetcherPool,
+    pub fetchers: Arc<FetcherPool>,
     pub settings: Settings,
     pub stats: Arc<Stats>,
     pub state: watch::Sender<RunState>,
@@ -73,7 +73,7 @@ impl Scheduler {
         Self {
             budget,
             checkpoint,
-            fetchers: FetcherPool::new(fetchers, base_rest),
+            fetchers: Arc::new(FetcherPool::new(fetchers, base_rest)),
             settings,
             stats,
             state,
@@ -251,6 +251,10 @@ impl Scheduler {
         slot: &Slot,
     ) -> Result<LeaseEnd, CheckpointError> {
         let token = picked.token;
+        let (began, index) = (
+            std::time::Instant::now(),
+            matches!(picked.work, Work::Index(_)),
+        );
         let pace = self.budget.pace(slot);
         let lease = self
             .settings
@@ -268,6 +272,7 @@ impl Scheduler {
             Ok(end) => end?,
             Err(_) => LeaseEnd::counted("lease deadline passed without an answer from the fetcher"),
         };
+        crate::fleet::metrics::FLEET.lease_ended(index, began.elapsed().as_secs_f64());
         let (outcome, count) = (end.outcome.clone(), end.count_attempt);
         let returned = self
             .checkpoint

@@ -93,8 +93,9 @@ pub async fn serve_fetcher(
     serve_fetcher_with(listener, service, ServeOptions::default(), shutdown).await
 }
 
-/// [`serve_fetcher`] with `options`: the bearer token is checked on `Fetch` only; health
-/// and reflection stay open, so load balancers and `grpcurl list` need no token.
+/// [`serve_fetcher`] with `options`: the bearer token is checked on `Fetch` only; health,
+/// reflection and `GET /metrics` stay open, so load balancers, `grpcurl list` and a
+/// scraper need no token.
 pub async fn serve_fetcher_with(
     listener: TcpListener,
     service: FetchService,
@@ -106,6 +107,8 @@ pub async fn serve_fetcher_with(
     let stopper = service.clone();
     let fetcher = FetcherServer::new(service).max_decoding_message_size(options.max_lease_bytes);
     Server::builder()
+        .accept_http1(true)
+        .add_routes(super::web::fetcher_router().into())
         .add_service(health)
         .add_service(refl_v1)
         .add_service(refl_v1alpha)

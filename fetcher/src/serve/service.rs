@@ -97,7 +97,10 @@ impl FetchService {
         let this = self.clone();
         let guard = ActiveGuard::new(&self.active);
         tokio::spawn(async move {
+            let open = &crate::source::metrics::metrics().leases_open;
+            open.inc();
             this.run(lease, EventSink::new(tx)).await;
+            open.dec();
             drop(guard);
         });
         Ok(ReceiverStream::new(rx))
@@ -155,6 +158,8 @@ impl FetchService {
         summary.requests = http.counters.requests.load(Ordering::Relaxed);
         summary.retries = http.counters.retries.load(Ordering::Relaxed);
         summary.throttled = http.counters.throttled.load(Ordering::Relaxed);
+        let index = matches!(lease.work, Some(Work::Index(_)));
+        crate::source::metrics::metrics().lease_done(&summary, index);
         tracing::debug!(
             lease = %lease.lease_id, fencing_token = lease.fencing_token, rows = summary.rows,
             stored = summary.stored, missing = summary.missing, failed = summary.failed,

@@ -248,10 +248,12 @@ impl Http {
             if let Some(token) = self.credentials.token_for(current.as_str()) {
                 req = req.bearer_auth(token.expose());
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| FetchError::transport(current.as_str(), &e))?;
+            let metrics = super::metrics::metrics();
+            metrics.requests_in_flight.inc();
+            let sent = req.send().await;
+            metrics.requests_in_flight.dec();
+            metrics.answered(sent.as_ref().ok().map(|r| r.status().as_u16()));
+            let resp = sent.map_err(|e| FetchError::transport(current.as_str(), &e))?;
             self.note_throttling(&resp);
             match redirect_target(&current, &resp)? {
                 Some(next) => current = next,
@@ -270,6 +272,7 @@ impl Http {
             return;
         }
         self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+        super::metrics::metrics().throttled(status.as_u16());
         if let Some(sink) = &self.throttle_sink {
             let retry_after = retry_after_of(resp).unwrap_or_default();
             sink.try_throttled(u32::from(status.as_u16()), retry_after);
@@ -299,6 +302,7 @@ impl Http {
             })
             .notify(|err: &FetchError, delay| {
                 counters.retries.fetch_add(1, Ordering::Relaxed);
+                super::metrics::metrics().retries.inc();
                 tracing::debug!(%what, error = %err, ?delay, "retrying");
             })
             .await
