@@ -12,6 +12,7 @@ use alldocs_fetcher::store::pack;
 use alldocs_tests::{
     coord::{checkpoint_statuses, job_args, pack_files},
     procs::{args, run},
+    recording::RecordingOrigin,
     sim::{SimConfig, SimServer},
 };
 use serde_json::Value;
@@ -251,5 +252,58 @@ async fn verify_sample_names_the_revisions_the_registry_has_moved_past() -> anyh
     let (code, _, err) = verify(dir.path(), &["--registry", &later.url()])?;
     assert_eq!(code, 2);
     assert!(err.contains("give --sample N too"), "{err}");
+    Ok(())
+}
+
+/// `--sample` asks with the token npm's configuration gives that registry (here the user's
+/// `.npmrc`), as a run does, and the token shows in no output. The registry answers every
+/// name with another revision, so each sampled name is stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_sample_sends_the_registry_token_and_never_shows_it() -> anyhow::Result<()> {
+    const NPM_TOKEN: &str = "npm-sample-secret-2718";
+    let sim = SimServer::start("127.0.0.1:0".parse()?, sim_config(0)).await?;
+    let dir = tempfile::tempdir()?;
+    snapshot(dir.path(), &sim, &[])?;
+    let registry = RecordingOrigin::start("127.0.0.1").await?;
+    let port = registry.addr().port();
+    let npmrc = dir.path().join("user.npmrc");
+    std::fs::write(
+        &npmrc,
+        format!("//127.0.0.1:{port}/npm/:_authToken={NPM_TOKEN}\n"),
+    )?;
+    let db = dir.path().join("alldocs.sqlite").display().to_string();
+    let url = format!("{}/npm/", registry.url());
+    let a = [
+        "verify",
+        "--db",
+        &db,
+        "--sample",
+        "5",
+        "--registry",
+        &url,
+        "--rate-limit",
+        "0",
+    ];
+    let envs = [
+        ("npm_config_userconfig", npmrc.to_str().unwrap()),
+        ("RUST_LOG", "debug"),
+    ];
+    let (code, out, err) = run(&coordinator(), &args(&a), &envs)?;
+    assert_eq!(code, 5, "{out}{err}");
+    assert!(out.contains("sampled 5 names from the registry"), "{out}");
+    let seen = registry.seen();
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    for one in &seen {
+        assert!(one.path.starts_with("/npm/"), "{one:?}");
+        assert_eq!(
+            one.authorization.as_deref(),
+            Some(format!("Bearer {NPM_TOKEN}").as_str()),
+            "{one:?}"
+        );
+    }
+    assert!(
+        !out.contains(NPM_TOKEN) && !err.contains(NPM_TOKEN),
+        "the token leaked"
+    );
     Ok(())
 }

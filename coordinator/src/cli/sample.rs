@@ -1,18 +1,32 @@
 //! `coordinator verify --sample N`: N stored names chosen at random, each asked of the
-//! registry again (one request at a time, at most `--rate-limit` a second), to report
-//! those whose stored revision is no longer the registry's.
+//! registry again (one request at a time, at most `--rate-limit` a second, with the token
+//! npm's configuration gives that registry), to report those whose stored revision is no
+//! longer the registry's.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use alldocs_fetcher::{source::packument::packument_url, store::Store};
+use alldocs_fetcher::{
+    source::{
+        http::{build_client, redact, status_error, FetchError, Http, RetryPolicy},
+        npmrc::NpmConfig,
+        pace::Pace,
+        packument::{packument_url, DEFAULT_MAX_DOCUMENT_BYTES},
+    },
+    store::Store,
+};
 use rusqlite::{Connection, OptionalExtension};
 use serde::Deserialize;
 
 use super::{findings::Report, snapshot};
 use crate::run::args::usage;
 
-/// How long one request may take.
-const REQUEST_LIMIT: Duration = Duration::from_secs(60);
+/// A name's request is tried up to four times over a few seconds: enough for a 429 or a
+/// dropped connection, without an unreachable registry holding `verify` for minutes a name.
+const SAMPLE_RETRIES: RetryPolicy = RetryPolicy {
+    max_retries: 3,
+    base: Duration::from_millis(500),
+    max_delay: Duration::from_secs(8),
+};
 
 /// The registry `--sample` asks: `--registry`, else the one the checkpoint records;
 /// `None` without `--sample`.
@@ -71,6 +85,9 @@ struct Head {
 }
 
 /// Asks the registry for each of `names`; notes the stale, the gone and the unanswered.
+/// The requests go as a run's do: the token npm's configuration gives that registry (never
+/// over a downgrade to http, never to another host or path), paced at `rate_limit`,
+/// retried with backoff on 429, 5xx and broken connections.
 pub async fn ask(
     store: &Store,
     picked: &[snapshot::Stored],
@@ -78,24 +95,21 @@ pub async fn ask(
     rate_limit: f64,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("alldocs/", env!("CARGO_PKG_VERSION")))
-        .timeout(REQUEST_LIMIT)
-        .build()?;
-    let mut pace = (rate_limit > 0.0).then(|| {
-        let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate_limit));
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        every
-    });
+    let credentials = NpmConfig::from_env_and_files()
+        .credentials
+        .with_env_token(registry);
+    let pace = if rate_limit > 0.0 {
+        Pace::Rate(rate_limit)
+    } else {
+        Pace::Unlimited
+    };
+    let http = Http::new(build_client(), Arc::new(credentials), pace, SAMPLE_RETRIES);
     for one in picked {
         let name = &one.name;
         // What the storage check could not read, it has reported already.
         let Some(stored) = stored_head(store, one).await else {
             continue;
         };
-        if let Some(pace) = &mut pace {
-            pace.tick().await;
-        }
         report.sampled += 1;
         let (accept, ours) = match (&stored.rev, &stored.modified) {
             (Some(rev), _) => ("application/json", rev.clone()),
@@ -103,17 +117,20 @@ pub async fn ask(
             (None, None) => continue,
         };
         let url = packument_url(registry, name);
-        match current(&client, &url, accept, stored.rev.is_some()).await {
+        match current(&http, &url, accept, stored.rev.is_some()).await {
             Ok(Some(theirs)) if theirs == ours => {}
             Ok(Some(theirs)) => {
                 let detail = format!("stored {ours}, the registry now has {theirs}");
                 report.note(name, "stale", detail, true);
             }
             Ok(None) => {
-                let detail = format!("{url} answered 404: unpublished or removed since");
+                let detail = format!(
+                    "{} answered 404: unpublished or removed since",
+                    redact(&url)
+                );
                 report.note(name, "gone", detail, true);
             }
-            Err(e) => report.note(name, "unanswered", format!("{url}: {e}"), true),
+            Err(e) => report.note(name, "unanswered", e.to_string(), true),
         }
     }
     Ok(())
@@ -126,24 +143,39 @@ async fn stored_head(store: &Store, stored: &snapshot::Stored) -> Option<Head> {
 
 /// The registry's revision (or `modified`) of the packument at `url`; `None` on 404.
 async fn current(
-    client: &reqwest::Client,
+    http: &Http,
     url: &str,
     accept: &str,
     by_rev: bool,
-) -> anyhow::Result<Option<String>> {
-    let resp = client.get(url).header("accept", accept).send().await?;
-    if resp.status() == reqwest::StatusCode::NOT_FOUND {
-        return Ok(None);
-    }
-    if !resp.status().is_success() {
-        anyhow::bail!("HTTP {}", resp.status());
-    }
-    let head: Head = serde_json::from_slice(&resp.bytes().await?)?;
-    let found = if by_rev { head.rev } else { head.modified };
-    found.map(Some).ok_or_else(|| {
-        anyhow::anyhow!(
-            "its answer has no {}",
-            if by_rev { "_rev" } else { "modified" }
-        )
+) -> Result<Option<String>, FetchError> {
+    let field = if by_rev { "_rev" } else { "modified" };
+    http.retry("packument", || async {
+        let mut resp = http.send(url, accept).await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(status_error(url, &resp));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = (resp.chunk().await).map_err(|e| FetchError::transport(url, &e))? {
+            if (body.len() + chunk.len()) as u64 > DEFAULT_MAX_DOCUMENT_BYTES {
+                return Err(FetchError::TooLarge {
+                    url: redact(url),
+                    limit: DEFAULT_MAX_DOCUMENT_BYTES,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let head: Head = serde_json::from_slice(&body).map_err(|e| FetchError::InvalidJson {
+            url: redact(url),
+            message: e.to_string(),
+        })?;
+        let found = if by_rev { head.rev } else { head.modified };
+        found.map(Some).ok_or_else(|| FetchError::Protocol {
+            url: redact(url),
+            message: format!("its answer has no {field}"),
+        })
     })
+    .await
 }
