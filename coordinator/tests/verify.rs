@@ -108,7 +108,39 @@ async fn verify_names_every_damaged_truncated_or_missing_packed_package() -> any
     assert_eq!(report["packs"], packs.len() as u64);
     assert_eq!(report["files"], 0);
 
-    // A flipped byte in the second frame of one pack; half of another cut off; a third gone.
+    let damage = damage_three_packs(&packs)?;
+
+    let (code, report) = verify_json(dir.path(), &[])?;
+    assert_eq!(code, 4, "{report}");
+    let found = listed(&report);
+    let bad_frame: BTreeSet<String> = ["digest", "damaged"]
+        .iter()
+        .flat_map(|k| found.get(*k).cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        bad_frame,
+        BTreeSet::from([damage.flipped.clone()]),
+        "{report}"
+    );
+    assert_eq!(found["truncated"], damage.past_half, "{report}");
+    assert_eq!(found["missing"], damage.lost, "{report}");
+    assert_eq!(report["packages"], names.len() as u64);
+    assert_eq!(report["unlisted"], 0);
+    export_stops_at_the_damage(dir.path(), &found, &damage)?;
+    listing_is_bounded(dir.path(), &damage)
+}
+
+/// What [`damage_three_packs`] did: the package whose frame has a flipped byte, those lying
+/// past the half of a pack cut off, those of a pack deleted, and those two packs' names.
+struct Damage {
+    flipped: String,
+    past_half: BTreeSet<String>,
+    lost: BTreeSet<String>,
+    packs: [String; 2],
+}
+
+/// A flipped byte in the second frame of one pack; half of another cut off; a third gone.
+fn damage_three_packs(packs: &[std::path::PathBuf]) -> anyhow::Result<Damage> {
     let (flipped, cut, gone) = (&packs[0], &packs[1], &packs[2]);
     let second = &entries(flipped)[1];
     let mut bytes = std::fs::read(flipped)?;
@@ -123,25 +155,24 @@ async fn verify_names_every_damaged_truncated_or_missing_packed_package() -> any
     std::fs::write(cut, &cut_bytes[..half as usize])?;
     let lost: BTreeSet<String> = entries(gone).into_iter().map(|e| e.name).collect();
     std::fs::remove_file(gone)?;
+    Ok(Damage {
+        flipped: second.name.clone(),
+        past_half,
+        lost,
+        packs: [cut, gone].map(|p| p.file_name().unwrap().to_string_lossy().into_owned()),
+    })
+}
 
-    let (code, report) = verify_json(dir.path(), &[])?;
-    assert_eq!(code, 4, "{report}");
-    let found = listed(&report);
-    let bad_frame: BTreeSet<String> = ["digest", "damaged"]
-        .iter()
-        .flat_map(|k| found.get(*k).cloned().unwrap_or_default())
-        .collect();
-    assert_eq!(bad_frame, BTreeSet::from([second.name.clone()]), "{report}");
-    assert_eq!(found["truncated"], past_half, "{report}");
-    assert_eq!(found["missing"], lost, "{report}");
-    assert_eq!(report["packages"], names.len() as u64);
-    assert_eq!(report["unlisted"], 0);
-
-    // An export reads every package too: it stops at the first damaged one, naming it
-    // (by packs, the first damaged thing met: a package, or a pack it cannot read whole),
-    // and leaves no partial file behind.
-    let out_dir = dir.path().join("tables");
-    let db = dir.path().join("alldocs.sqlite").display().to_string();
+/// An export reads every package too: it stops at the first damaged one, naming it (by
+/// packs, the first damaged thing met: a package, or a pack it cannot read whole), and
+/// leaves no partial file behind.
+fn export_stops_at_the_damage(
+    dir: &Path,
+    found: &BTreeMap<String, BTreeSet<String>>,
+    damage: &Damage,
+) -> anyhow::Result<()> {
+    let out_dir = dir.join("tables");
+    let db = dir.join("alldocs.sqlite").display().to_string();
     let (code, _, err) = run(
         &coordinator(),
         &args(&[
@@ -156,10 +187,9 @@ async fn verify_names_every_damaged_truncated_or_missing_packed_package() -> any
         &[],
     )?;
     assert_eq!(code, 1, "{err}");
-    let pack_names = [cut, gone].map(|p| p.file_name().unwrap().to_string_lossy().into_owned());
     assert!(
         found.values().flatten().any(|n| err.contains(n.as_str()))
-            || pack_names.iter().any(|p| err.contains(p.as_str())),
+            || damage.packs.iter().any(|p| err.contains(p.as_str())),
         "{err}"
     );
     assert_eq!(
@@ -167,10 +197,13 @@ async fn verify_names_every_damaged_truncated_or_missing_packed_package() -> any
         0,
         "no file left in {out_dir:?}"
     );
+    Ok(())
+}
 
-    // The text: the summary line, then the names, bounded, the rest counted.
-    let all = 1 + past_half.len() + lost.len();
-    let (code, out, _) = verify(dir.path(), &["--max-listed", "2"])?;
+/// The text: the summary line, then the names, bounded, the rest counted.
+fn listing_is_bounded(dir: &Path, damage: &Damage) -> anyhow::Result<()> {
+    let all = 1 + damage.past_half.len() + damage.lost.len();
+    let (code, out, _) = verify(dir, &["--max-listed", "2"])?;
     assert_eq!(code, 4);
     let lines: Vec<&str> = out.lines().collect();
     assert!(

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use alldocs_fetcher::{
     source::{
-        http::{build_client, redact, status_error, FetchError, Http, RetryPolicy},
+        http::{body_within, build_client, redact, status_error, FetchError, Http, RetryPolicy},
         npmrc::NpmConfig,
         pace::Pace,
         packument::{packument_url, DEFAULT_MAX_DOCUMENT_BYTES},
@@ -157,16 +157,12 @@ async fn current(
         if !resp.status().is_success() {
             return Err(status_error(url, &resp));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = (resp.chunk().await).map_err(|e| FetchError::transport(url, &e))? {
-            if (body.len() + chunk.len()) as u64 > DEFAULT_MAX_DOCUMENT_BYTES {
-                return Err(FetchError::TooLarge {
-                    url: redact(url),
-                    limit: DEFAULT_MAX_DOCUMENT_BYTES,
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = body_within(&mut resp, url, DEFAULT_MAX_DOCUMENT_BYTES)
+            .await?
+            .ok_or_else(|| FetchError::TooLarge {
+                url: redact(url),
+                limit: DEFAULT_MAX_DOCUMENT_BYTES,
+            })?;
         let head: Head = serde_json::from_slice(&body).map_err(|e| FetchError::InvalidJson {
             url: redact(url),
             message: e.to_string(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use alldocs_fetcher::{
     source::all_docs::{MAX_ID_BYTES, MAX_REV_BYTES},
-    source::http::{redact, status_error, FetchError, Http, RetryPolicy},
+    source::http::{body_within, redact, status_error, FetchError, Http, RetryPolicy},
     source::npmrc::Credentials,
     source::pace::Pace,
 };
@@ -187,21 +187,12 @@ impl Feed {
             if !resp.status().is_success() {
                 return Err(status_error(url, &resp));
             }
-            let mut body = Vec::new();
-            while let Some(chunk) = resp
-                .chunk()
-                .await
-                .map_err(|e| FetchError::transport(url, &e))?
-            {
-                if body.len() + chunk.len() > MAX_FEED_BYTES {
-                    return Err(FetchError::Misbehaved {
-                        url: redact(url),
-                        message: format!("answer over {MAX_FEED_BYTES} bytes; not a _changes feed"),
-                    });
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(body)
+            body_within(&mut resp, url, MAX_FEED_BYTES as u64)
+                .await?
+                .ok_or_else(|| FetchError::Misbehaved {
+                    url: redact(url),
+                    message: format!("answer over {MAX_FEED_BYTES} bytes; not a _changes feed"),
+                })
         })
         .await
     }

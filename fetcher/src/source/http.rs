@@ -348,6 +348,23 @@ fn retry_after_of(resp: &reqwest::Response) -> Option<Duration> {
         .and_then(parse_retry_after)
 }
 
+/// The whole body of `resp`, or `None` as soon as it passes `limit` bytes (nothing more is
+/// read): for answers the caller holds in memory, each with a bound of its own.
+pub async fn body_within(
+    resp: &mut reqwest::Response,
+    url: &str,
+    limit: u64,
+) -> Result<Option<Vec<u8>>, FetchError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = (resp.chunk().await).map_err(|e| FetchError::transport(url, &e))? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 /// Turns a non-success status into an error, with `Retry-After` (seconds or HTTP date).
 pub fn status_error(url: &str, resp: &reqwest::Response) -> FetchError {
     FetchError::Status {
